@@ -1,0 +1,8 @@
+"""`python3 -m kernel_warmer ...`: how the injected init container starts the warmer."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

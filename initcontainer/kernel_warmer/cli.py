@@ -1,0 +1,253 @@
+"""`kernel-warmer plan | run | check`.
+
+Model input, one of: --model-config PATH (a Hugging Face config.json or its folder),
+--plan FILE (explicit layers, JSON or YAML), --spec FILE / --spec-env NAME (a full
+WarmerSpec, how the operator-injected init container is started). Flags given next to
+--spec override the spec's fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from .modelconfig import ConfigError
+from .spec import SPEC_ENV, ModelSource, SpecError, WarmerSpec, _load
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _log(msg: str) -> None:
+    print(f"[kernel-warmer] {msg}", file=sys.stderr, flush=True)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("model (one of)")
+    src.add_argument("--model-config", metavar="PATH", help="Hugging Face config.json (or its folder)")
+    src.add_argument("--plan", metavar="FILE", help="explicit layers: JSON or YAML ({layers: [...]} or a list)")
+    src.add_argument("--spec", metavar="FILE", help="a full WarmerSpec JSON file")
+    src.add_argument("--spec-env", metavar="NAME", help=f"env var holding a WarmerSpec JSON (the operator uses {SPEC_ENV})")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=None, metavar="N")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default=None)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="cache volume root (triton/, flashinfer/, manifests/)")
+    p.add_argument("--compile-only", action="store_true", help="compile without a GPU (needs --target)")
+    p.add_argument("--target", metavar="SM", help="GPU arch to compile for without a GPU, e.g. sm_90")
+    p.add_argument("--provider", choices=["auto", "builtin", "vllm"], default=None)
+    p.add_argument("--workers", type=int, default=None, help="parallel compile workers (0: auto)")
+    p.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer autotune phase")
+    p.add_argument("--quantization", choices=["auto", "none", "fp8", "nvfp4"], default=None)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernel-warmer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_plan = sub.add_parser("plan", help="print the resolved work (runs on a CPU)")
+    _add_model_args(p_plan)
+    p_plan.add_argument("--json", action="store_true", help="machine-readable output")
+    p_plan.add_argument("--quantization", choices=["auto", "none", "fp8", "nvfp4"], default=None)
+    p_plan.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p_plan.add_argument("--sm", type=int, default=None, help="GPU SM for FlashInfer op gating (e.g. 90)")
+    for name, helptext in (("run", "compile and tune into the cache"),
+                           ("check", "exit 0 if the plan is warm for this environment, 1 if cold")):
+        p = sub.add_parser(name, help=helptext)
+        _add_model_args(p)
+        _add_run_args(p)
+        if name == "run":
+            p.add_argument("--failure-policy", type=str.lower, choices=["ignore", "fail"], default=None)
+            p.add_argument("--termination-log", default="/dev/termination-log", metavar="PATH")
+            p.add_argument("--sequential", action="store_true",
+                           help="one variant after another in one process (the baseline loop)")
+    return parser
+
+
+def load_plan_file(path: str) -> ModelSource:
+    """Explicit layers from JSON or YAML, parsed with the spec's field-naming errors."""
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"--plan {path}: YAML needs PyYAML, which is not importable here; "
+                             "install it or give the plan as JSON") from None
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--plan {path}: not valid JSON ({exc}); YAML files must end in .yaml/.yml") from None
+    if isinstance(data, list):
+        data = {"layers": data}
+    return _load(ModelSource, data, "plan")
+
+
+def spec_from_args(args: argparse.Namespace) -> WarmerSpec:
+    sources = [n for n in ("model_config", "plan", "spec", "spec_env") if getattr(args, n, None)]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --model-config, --plan, --spec, --spec-env"
+                         + (f" (got {', '.join('--' + s.replace('_', '-') for s in sources)})" if sources else ""))
+    if args.spec:
+        spec = WarmerSpec.from_json(Path(args.spec).read_text())
+    elif args.spec_env:
+        text = os.environ.get(args.spec_env)
+        if not text:
+            raise UsageError(f"--spec-env {args.spec_env}: the environment variable is not set or empty")
+        spec = WarmerSpec.from_json(text)
+    elif args.plan:
+        spec = WarmerSpec(model=load_plan_file(args.plan))
+    else:
+        spec = WarmerSpec(model=ModelSource(config_path=args.model_config))
+    return apply_overrides(spec, args)
+
+
+def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
+    top: dict[str, Any] = {}
+    tri: dict[str, Any] = {}
+    fi: dict[str, Any] = {}
+    if args.tensor_parallel_size is not None:
+        top["tensor_parallel_size"] = args.tensor_parallel_size
+    if args.dtype is not None:
+        top["dtype"] = args.dtype
+    if getattr(args, "cache_dir", None):
+        top["cache_dir"] = args.cache_dir
+    if getattr(args, "failure_policy", None):
+        top["failure_policy"] = "Ignore" if args.failure_policy == "ignore" else "Fail"
+    target = getattr(args, "target", None)
+    if getattr(args, "compile_only", False) and not target:
+        raise UsageError("--compile-only needs --target (the GPU arch to compile for, e.g. sm_90)")
+    if target:
+        from .envkey import normalize_target
+
+        tri["compile_only_target"] = normalize_target(target)
+    if getattr(args, "provider", None):
+        tri["provider"] = args.provider
+    if getattr(args, "workers", None) is not None:
+        tri["workers"] = args.workers
+    if getattr(args, "no_flashinfer", False):
+        fi["enabled"] = False
+    if getattr(args, "quantization", None):
+        fi["quantization"] = args.quantization
+    if getattr(args, "max_num_batched_tokens", None) is not None:
+        fi["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if tri:
+        top["triton"] = dataclasses.replace(spec.triton, **tri)
+    if fi:
+        top["flashinfer"] = dataclasses.replace(spec.flashinfer, **fi)
+    return dataclasses.replace(spec, **top) if top else spec
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .modelconfig import load_arch
+    from .plan import plan_triton
+
+    spec = spec_from_args(args)
+    arch = load_arch(spec.model, spec.dtype)
+    tplan = plan_triton(arch, spec.tensor_parallel_size, spec.dtype)
+    doc: dict[str, Any] = {"model_type": arch.model_type, "dtype": arch.dtype,
+                           "tensor_parallel_size": spec.tensor_parallel_size, **tplan.to_dict()}
+    try:
+        from .autotune_plan import plan_ops
+    except ImportError as exc:
+        raise UsageError(f"kernel_warmer.autotune_plan is not importable ({exc}); "
+                         "the FlashInfer half of the plan is missing from this install") from None
+    ops, skipped_ops = plan_ops(arch, spec.tensor_parallel_size, spec.flashinfer.max_num_batched_tokens,
+                                spec.flashinfer.quantization, args.sm)
+    doc["autotune_ops"] = [o.to_dict() for o in ops]
+    doc["skipped_ops"] = [s.to_dict() for s in skipped_ops]
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"model {arch.model_type}, {arch.num_hidden_layers} layers, dtype {arch.dtype}, "
+          f"tensor-parallel {spec.tensor_parallel_size}")
+    print(f"triton variants ({len(tplan.variants)}):")
+    for v in tplan.variants:
+        print(f"  {v.label}")
+    if tplan.skipped:
+        reasons: dict[str, list[int]] = {}
+        for s in tplan.skipped:
+            reasons.setdefault(s.reason, []).append(s.layer)
+        print("skipped layers:")
+        for reason, idx in reasons.items():
+            print(f"  {reason}: {len(idx)} layer(s) ({', '.join(map(str, idx[:8]))}{'...' if len(idx) > 8 else ''})")
+    print(f"flashinfer ops ({len(ops)}):")
+    for o in doc["autotune_ops"]:
+        print(f"  {json.dumps(o, sort_keys=True)}")
+    for s in doc["skipped_ops"]:
+        print(f"  skipped: {json.dumps(s, sort_keys=True)}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .runner import check
+
+    warm, reason, key = check(spec_from_args(args))
+    print(f"{'warm' if warm else 'cold'}: {reason} (key {key})")
+    return EXIT_OK if warm else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import WarmupSummary
+    from .runner import run, write_termination_message
+
+    try:
+        spec = spec_from_args(args)
+    except (UsageError, SpecError, ConfigError, OSError) as exc:
+        # still a summary: the operator reads the termination message for every outcome
+        summary = WarmupSummary(status="failed", error=str(exc))
+        policy_ignore = getattr(args, "failure_policy", None) == "ignore"
+        _finish(summary, args.termination_log)
+        return EXIT_OK if policy_ignore else EXIT_FAILED
+    summary = run(spec, _log, sequential=args.sequential)
+    _finish(summary, args.termination_log)
+    if summary.status == "failed":
+        _log(f"failed: {summary.error}")
+        if spec.failure_policy == "Ignore":
+            _log("failurePolicy Ignore: exiting 0 so the server starts (cold)")
+            return EXIT_OK
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _finish(summary, termination_log: str) -> None:
+    from .runner import write_termination_message
+
+    print(summary.to_json(), flush=True)
+    write_termination_message(summary, termination_log)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"plan": cmd_plan, "run": cmd_run, "check": cmd_check}
+    try:
+        return handlers[args.command](args)
+    except (UsageError, SpecError, ConfigError) as exc:
+        print(f"kernel-warmer {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"kernel-warmer {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        from .providers import ProviderError
+
+        if isinstance(exc, (ProviderError, ValueError)):
+            print(f"kernel-warmer {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""A model's shapes, read from a Hugging Face config.json or from explicit layers.
+
+Both halves of the plan read this: the Triton variants (attention layers) and the
+FlashInfer ops (linear layers). Errors name the config field that could not be resolved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A config.json field is missing or wrong; ``field`` names it (dotted)."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field = field_path
+        super().__init__(f"config field {field_path!r}: {message}")
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer, model-wide (not yet split over tensor-parallel ranks)."""
+
+    index: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    scale: float
+    softcap: float = 0.0  # 0.0: none
+    sliding_window: Optional[int] = None  # tokens; None: full attention
+    # Why the NVFP4 pure-prefill path cannot take it ("sinks", "alibi", ...); None: it can.
+    skip_reason: Optional[str] = None
+    # Which input field an error about this layer's head counts should name.
+    heads_field: str = field(default="num_attention_heads", compare=False)
+    kv_heads_field: str = field(default="num_key_value_heads", compare=False)
+
+
+@dataclass(frozen=True)
+class MoE:
+    num_experts: int
+    experts_per_token: int
+    intermediate_size: int  # per expert
+    shared_expert_intermediate_size: int = 0
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    model_type: str
+    dtype: str  # "bfloat16" | "float16" | "float32"
+    hidden_size: Optional[int]
+    intermediate_size: Optional[int]  # dense MLP; None where every layer is MoE
+    num_hidden_layers: int
+    attention_layers: list[AttentionLayer] = field(default_factory=list)
+    moe: Optional[MoE] = None
+    # "none" | "fp8" | "nvfp4" | other quant_method strings as found
+    quantization: str = "none"
+
+
+# --- the parser ---------------------------------------------------------------------
+
+import json  # noqa: E402  (kept below the lead's dataclasses on purpose: one file, two parts)
+from pathlib import Path  # noqa: E402
+from typing import Any, Union  # noqa: E402
+
+DTYPES = ("bfloat16", "float16", "float32")
+_DTYPE_ALIASES = {
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32", "fp32": "float32", "float": "float32",
+}
+# Model types whose every attention layer has learned attention sinks (vLLM passes `sinks`).
+_SINK_MODELS = {"gpt_oss"}
+# Model types that use ALiBi position biases.
+_ALIBI_MODELS = {"bloom", "mpt", "baichuan", "jais"}
+
+
+# transformers' defaults for fields that real checkpoints leave out (Gemma 3's text_config
+# names only what differs from Gemma3TextConfig's defaults).
+_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                    "query_pre_attn_scalar": 256, "sliding_window": 4096, "sliding_window_pattern": 6,
+                    "num_hidden_layers": 26, "hidden_size": 2304, "intermediate_size": 9216},
+    "gemma2": {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+               "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "sliding_window": 4096,
+               "num_hidden_layers": 26, "hidden_size": 2304, "intermediate_size": 9216},
+}
+
+
+def normalize_dtype(value: Any, field_path: str) -> str:
+    """Map config spellings ("bf16", "torch.float16", ...) to one of DTYPES."""
+    if not isinstance(value, str) or value.replace("torch.", "") not in _DTYPE_ALIASES:
+        raise ConfigError(field_path, f"unsupported dtype {value!r}; use one of {', '.join(DTYPES)}")
+    return _DTYPE_ALIASES[value.replace("torch.", "")]
+
+
+def load_arch(source: Any, dtype_override: Optional[str] = None) -> ModelArch:
+    """Parse a model's shapes.
+
+    ``source``: a ``spec.ModelSource``, a path to a config.json (or its folder), or an
+    already-loaded config dict. ``dtype_override``: "auto"/None keeps the config's dtype.
+    """
+    from .spec import ModelSource  # stdlib-only sibling
+
+    if isinstance(source, ModelSource):
+        if source.layers is not None:
+            return _arch_from_layers(source, dtype_override)
+        source = source.config_path
+    if isinstance(source, (str, Path)):
+        cfg = read_config(Path(source))
+    elif isinstance(source, dict):
+        cfg = source
+    else:
+        raise TypeError(f"load_arch: unsupported source {type(source).__name__}")
+    return _arch_from_config(cfg, dtype_override)
+
+
+def read_config(path: Path) -> dict:
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("<config.json>", f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("<config.json>", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("<config.json>", f"{path} must hold a JSON object")
+    return cfg
+
+
+def _resolve_dtype(found: Any, found_field: str, override: Optional[str]) -> str:
+    if override not in (None, "auto"):
+        return normalize_dtype(override, "dtype")
+    if found is None:
+        return "bfloat16"
+    dtype = normalize_dtype(found, found_field)
+    # vLLM's "auto" serves float32 checkpoints in a 16-bit type (bf16 on Ampere and later).
+    return "bfloat16" if dtype == "float32" else dtype
+
+
+def _arch_from_layers(source: Any, dtype_override: Optional[str]) -> ModelArch:
+    layers: list[AttentionLayer] = []
+    for i, spec in enumerate(source.layers):
+        where = f"layers[{i}]"
+        for name, value in (("numHeads", spec.num_heads), ("numKvHeads", spec.num_kv_heads),
+                            ("headSize", spec.head_size), ("count", spec.count)):
+            if value < 1:
+                raise ConfigError(f"{where}.{name}", f"must be >= 1, got {value}")
+        if spec.num_heads % spec.num_kv_heads:
+            raise ConfigError(f"{where}.numKvHeads",
+                              f"{spec.num_kv_heads} does not divide numHeads {spec.num_heads}")
+        if spec.sliding_window is not None and spec.sliding_window < 1:
+            raise ConfigError(f"{where}.slidingWindow", f"must be >= 1 or null, got {spec.sliding_window}")
+        reason = _feature_skip_reason(spec.sinks, spec.alibi, spec.kv_sharing, spec.chunked_lookback)
+        for _ in range(spec.count):
+            layers.append(AttentionLayer(
+                index=len(layers), num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads,
+                head_size=spec.head_size,
+                scale=spec.scale if spec.scale is not None else spec.head_size ** -0.5,
+                softcap=float(spec.softcap or 0.0), sliding_window=spec.sliding_window,
+                skip_reason=reason, heads_field=f"{where}.numHeads", kv_heads_field=f"{where}.numKvHeads",
+            ))
+    return ModelArch(
+        model_type="explicit", dtype=_resolve_dtype(None, "dtype", dtype_override),
+        hidden_size=source.hidden_size, intermediate_size=source.intermediate_size,
+        num_hidden_layers=len(layers), attention_layers=layers,
+    )
+
+
+def _feature_skip_reason(sinks: bool, alibi: bool, kv_sharing: bool, chunked: bool) -> Optional[str]:
+    for flag, reason in ((sinks, "sinks"), (alibi, "alibi"), (kv_sharing, "kv_sharing"),
+                         (chunked, "chunked_lookback")):
+        if flag:
+            return reason
+    return None
+
+
+def _int_field(cfg: dict, name: str, prefix: str, required: bool = True, minimum: int = 1) -> Optional[int]:
+    value = cfg.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(prefix + name, "is missing")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(prefix + name, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
+    # Multimodal wrappers (Gemma 3, Llava, Mistral3 ...) keep the language model in text_config.
+    cfg, prefix = root, ""
+    if isinstance(root.get("text_config"), dict):
+        cfg, prefix = root["text_config"], "text_config."
+    model_type = str(cfg.get("model_type") or root.get("model_type") or "unknown")
+    if model_type == "gemma3" and prefix:
+        model_type = "gemma3_text"
+    cfg = {**_TYPE_DEFAULTS.get(model_type, {}), **cfg}
+
+    heads = _int_field(cfg, "num_attention_heads", prefix)
+    layers_n = _int_field(cfg, "num_hidden_layers", prefix)
+    hidden = _int_field(cfg, "hidden_size", prefix, required=False)
+    kv = _int_field(cfg, "num_key_value_heads", prefix, required=False)
+    if kv is None:
+        kv = 1 if cfg.get("multi_query") else heads
+    if heads % kv:
+        raise ConfigError(prefix + "num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}")
+    head_dim = _int_field(cfg, "head_dim", prefix, required=False)
+    if head_dim is None:
+        if hidden is None:
+            raise ConfigError(prefix + "head_dim", "is missing and hidden_size is missing too; set head_dim")
+        if hidden % heads:
+            raise ConfigError(prefix + "head_dim",
+                              f"is missing and hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+        head_dim = hidden // heads
+
+    qpas = cfg.get("query_pre_attn_scalar")
+    if qpas is not None:
+        if isinstance(qpas, bool) or not isinstance(qpas, (int, float)) or qpas <= 0:
+            raise ConfigError(prefix + "query_pre_attn_scalar", f"must be a positive number, got {qpas!r}")
+        scale = float(qpas) ** -0.5
+    else:
+        scale = float(head_dim) ** -0.5
+
+    softcap = cfg.get("attn_logit_softcapping")
+    if softcap is None:
+        softcap = 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap < 0:
+        raise ConfigError(prefix + "attn_logit_softcapping", f"must be a number >= 0 or null, got {softcap!r}")
+
+    windows, skips = _layer_windows(cfg, prefix, model_type, layers_n)
+
+    dtype_value, dtype_field = None, "torch_dtype"
+    for where, c in ((prefix, cfg), ("", root)):
+        for name in ("torch_dtype", "dtype"):
+            if c.get(name) is not None and dtype_value is None:
+                dtype_value, dtype_field = c[name], where + name
+    dtype = _resolve_dtype(dtype_value, dtype_field, dtype_override)
+
+    layers = [
+        AttentionLayer(index=i, num_heads=heads, num_kv_heads=kv, head_size=head_dim, scale=scale,
+                       softcap=float(softcap), sliding_window=windows[i], skip_reason=skips[i],
+                       heads_field=prefix + "num_attention_heads", kv_heads_field=prefix + "num_key_value_heads")
+        for i in range(layers_n)
+    ]
+    moe = _moe(cfg, prefix)
+    intermediate = _int_field(cfg, "intermediate_size", prefix, required=False)
+    if moe is not None and not _has_dense_layers(cfg):
+        intermediate = None
+    quant = root.get("quantization_config") or cfg.get("quantization_config")
+    return ModelArch(
+        model_type=model_type, dtype=dtype, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers_n, attention_layers=layers, moe=moe,
+        quantization=_quantization(quant),
+    )
+
+
+def _layer_windows(cfg: dict, prefix: str, model_type: str, n: int) -> tuple[list[Optional[int]], list[Optional[str]]]:
+    """Per layer: sliding window in tokens (None: full) and skip reason (None: plannable)."""
+    window = cfg.get("sliding_window")
+    if window is None:
+        window = cfg.get("interleaved_sliding_window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ConfigError(prefix + "sliding_window", f"must be a positive integer or null, got {window!r}")
+    if cfg.get("use_sliding_window") is False:  # Qwen2 and friends ship a window they do not use
+        window = None
+
+    skips: list[Optional[str]] = [None] * n
+    if model_type in _SINK_MODELS:
+        skips = ["sinks"] * n
+    elif cfg.get("alibi") or cfg.get("position_embedding_type") == "alibi" or model_type in _ALIBI_MODELS \
+            or (isinstance(cfg.get("attn_config"), dict) and cfg["attn_config"].get("alibi")):
+        skips = ["alibi"] * n
+    elif cfg.get("kv_lora_rank"):
+        skips = ["mla (kv_lora_rank): not the packed prefill-attention path"] * n
+    shared = cfg.get("num_kv_shared_layers") or 0
+    if isinstance(shared, int) and 0 < shared <= n:
+        for i in range(n - shared, n):
+            skips[i] = skips[i] or "kv_sharing"
+
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n:
+            raise ConfigError(prefix + "layer_types",
+                              f"must be a list of {n} entries (num_hidden_layers), got {types!r:.80}")
+        windows: list[Optional[int]] = []
+        for i, t in enumerate(types):
+            if t == "sliding_attention":
+                if cfg.get("sliding_window") is None and cfg.get("interleaved_sliding_window") is None:
+                    raise ConfigError(prefix + "sliding_window",
+                                      f"layer_types[{i}] is sliding_attention but sliding_window is not set")
+                windows.append(window)
+            elif t in ("full_attention", "attention"):
+                windows.append(None)
+            elif t == "chunked_attention":
+                windows.append(None)
+                skips[i] = skips[i] or "chunked_lookback"
+            else:
+                windows.append(None)
+                skips[i] = skips[i] or f"not softmax attention (layer_types[{i}] = {t!r})"
+        return windows, skips
+
+    if window is None:
+        return [None] * n, skips
+    if cfg.get("attention_chunk_size"):
+        return [None] * n, [s or "chunked_lookback" for s in skips]
+    pattern = cfg.get("sliding_window_pattern")
+    if pattern is None and model_type in ("gemma2",):
+        pattern = 2  # Gemma 2 alternates: even layers local, odd layers global
+    if pattern is not None:
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise ConfigError(prefix + "sliding_window_pattern", f"must be a positive integer, got {pattern!r}")
+        # Gemma 3 / Cohere 2: every pattern-th layer is global, the rest are local.
+        return [window if (i + 1) % pattern else None for i in range(n)], skips
+    max_window_layers = cfg.get("max_window_layers")
+    if cfg.get("use_sliding_window") is True and isinstance(max_window_layers, int):
+        # Qwen2 with the window on: layers from max_window_layers upward are windowed.
+        return [window if i >= max_window_layers else None for i in range(n)], skips
+    return [window] * n, skips
+
+
+def _moe(cfg: dict, prefix: str) -> Optional[MoE]:
+    experts_field = next((f for f in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(f)), None)
+    if experts_field is None:
+        return None
+    experts = _int_field(cfg, experts_field, prefix)
+    topk_field = next((f for f in ("num_experts_per_tok", "experts_per_token", "moe_topk") if cfg.get(f)), None)
+    if topk_field is None:
+        raise ConfigError(prefix + "num_experts_per_tok", f"is missing although {experts_field} is set")
+    topk = _int_field(cfg, topk_field, prefix)
+    size_field = "moe_intermediate_size" if cfg.get("moe_intermediate_size") else "intermediate_size"
+    size = _int_field(cfg, size_field, prefix)
+    shared = cfg.get("shared_expert_intermediate_size") or 0
+    if not shared and cfg.get("n_shared_experts"):
+        shared = int(cfg["n_shared_experts"]) * size
+    return MoE(num_experts=experts, experts_per_token=topk, intermediate_size=size,
+               shared_expert_intermediate_size=int(shared))
+
+
+def _has_dense_layers(cfg: dict) -> bool:
+    return bool(cfg.get("mlp_only_layers")) or (cfg.get("decoder_sparse_step") or 1) > 1 \
+        or bool(cfg.get("first_k_dense_replace"))
+
+
+def _quantization(qc: Any) -> str:
+    if not isinstance(qc, dict):
+        return "none"
+    method = str(qc.get("quant_method") or "").lower()
+    if not method:
+        return "none"
+    if method == "modelopt":
+        algo = str(qc.get("quant_algo") or (qc.get("quantization") or {}).get("quant_algo") or "").upper()
+        return {"NVFP4": "nvfp4", "FP8": "fp8"}.get(algo, "modelopt")
+    if method == "compressed-tensors":
+        for group in (qc.get("config_groups") or {}).values():
+            w = (group or {}).get("weights") or {}
+            if w.get("type") == "float" and w.get("num_bits") == 8:
+                return "fp8"
+            if w.get("type") == "float" and w.get("num_bits") == 4:
+                return "nvfp4"
+        return "compressed-tensors"
+    return method

@@ -1,0 +1,179 @@
+"""`run` and `check`: spec -> plan -> (lock, verify, compile, tune, manifest) -> summary.
+
+``check`` and the warm path of ``run`` touch only the standard library: they hash the plan
+and the environment and verify the manifest's checksums. torch and triton are imported
+only when something must be compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import providers
+from .cache import CacheLayout, LockTimeout, file_lock
+from .envkey import EnvKey, compute_env_key
+from .manifest import FileEntry, file_entries, manifest_key, repair, snapshot, verify, write_manifest
+from .modelconfig import ModelArch, load_arch
+from .plan import TritonPlan, plan_triton
+from .report import TritonCounts, WarmupSummary
+from .spec import WarmerSpec
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Everything `check` and `run` derive from a spec without touching a GPU."""
+
+    spec: WarmerSpec
+    arch: ModelArch
+    triton: TritonPlan
+    provider: str
+    target: Optional[str]
+    env: EnvKey
+    key: str
+    key_doc: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def layout(self) -> CacheLayout:
+        return CacheLayout(Path(self.spec.cache_dir))
+
+
+def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider: str) -> dict:
+    """The plan half of the manifest key: what would be warmed, not how long it took."""
+    fi = spec.flashinfer
+    moe = arch.moe
+    return {
+        "triton": {
+            "enabled": spec.triton.enabled,
+            "kernel": providers.kernel_fingerprint(provider) if spec.triton.enabled else None,
+            "variants": [v.to_dict() for v in triton.variants] if spec.triton.enabled else [],
+        },
+        "flashinfer": {
+            "enabled": fi.enabled,
+            "quantization": fi.quantization,
+            "maxNumBatchedTokens": fi.max_num_batched_tokens,
+            "tensorParallelSize": spec.tensor_parallel_size,
+            "arch": {
+                "dtype": arch.dtype, "hidden": arch.hidden_size, "intermediate": arch.intermediate_size,
+                "layers": arch.num_hidden_layers, "quantization": arch.quantization,
+                "heads": sorted({(a.num_heads, a.num_kv_heads, a.head_size) for a in arch.attention_layers}),
+                "moe": [moe.num_experts, moe.experts_per_token, moe.intermediate_size,
+                        moe.shared_expert_intermediate_size] if moe else None,
+            },
+        } if fi.enabled else {"enabled": False},
+    }
+
+
+def resolve(spec: WarmerSpec) -> Resolved:
+    arch = load_arch(spec.model, spec.dtype)
+    triton = plan_triton(arch, spec.tensor_parallel_size, spec.dtype)
+    target = spec.triton.compile_only_target
+    provider = providers.resolve(spec.triton.provider, compile_only=target is not None) \
+        if spec.triton.enabled else "none"
+    env = compute_env_key(target)
+    doc = key_document(spec, arch, triton, provider)
+    return Resolved(spec, arch, triton, provider, target, env, manifest_key(doc, env.to_dict()), doc)
+
+
+def check(spec: WarmerSpec) -> tuple[bool, str, str]:
+    """(warm, reason, key) without importing torch or triton."""
+    r = resolve(spec)
+    verdict = verify(r.layout, r.key)
+    return verdict.warm, verdict.reason, r.key
+
+
+def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
+    """Warm the cache for ``spec``; never raises (the summary carries the failure)."""
+    start = time.monotonic()
+    summary = WarmupSummary()
+    try:
+        r = resolve(spec)
+        summary.cache_key = r.key
+        summary.triton.skipped = len(r.triton.skipped)
+        summary.details["skippedLayers"] = [s.to_dict() for s in r.triton.skipped][:64]
+        summary.details["provider"] = r.provider
+        layout = r.layout
+        layout.create()
+        log(f"plan: {len(r.triton.variants)} triton variant(s), {len(r.triton.skipped)} layer(s) skipped, "
+            f"provider {r.provider}, key {r.key[:12]}")
+        with file_lock(layout.lock_path, timeout_s=float(spec.timeout_seconds)) as waited:
+            if waited > 1.0:
+                log(f"cache lock: waited {waited:.1f}s for another warmer")
+            verdict = verify(layout, r.key)
+            if verdict.warm:
+                log(f"warm: {verdict.reason}")
+                summary.triton.hit = len(r.triton.variants) if spec.triton.enabled else 0
+                summary.flashinfer = {"status": "warm (manifest verified)"} if spec.flashinfer.enabled else {}
+                summary.details["warm"] = True
+            else:
+                log(f"cold: {verdict.reason}")
+                if verdict.bad_files:
+                    removed = repair(layout, r.key, verdict.bad_files)
+                    log(f"repair: removed {len(removed)} damaged entr(y/ies) before rebuilding")
+                _warm(r, summary, log, sequential)
+    except LockTimeout as exc:
+        summary.status, summary.error = "failed", str(exc)
+    except Exception as exc:  # the summary is the contract: report, never crash
+        summary.status = "failed"
+        summary.error = f"{type(exc).__name__}: {exc}"
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> None:
+    spec, layout = r.spec, r.layout
+    files: list[FileEntry] = []
+    if spec.triton.enabled and r.triton.variants:
+        os.environ["TRITON_CACHE_DIR"] = str(layout.triton_dir)
+        before = snapshot(layout.triton_dir)
+        from .compile import compile_variants  # imports nothing heavy itself; workers do
+
+        results = compile_variants(r.triton.variants, layout.triton_dir, r.provider, target=r.target,
+                                   workers=spec.triton.workers, log=log, sequential=sequential)
+        counts = {s: sum(1 for x in results if x.status == s) for s in ("compiled", "hit", "failed")}
+        summary.triton = TritonCounts(compiled=counts["compiled"], hit=counts["hit"],
+                                      skipped=summary.triton.skipped, failed=counts["failed"])
+        summary.details["variants"] = [x.to_dict() for x in results]
+        if counts["failed"]:
+            first = next(x for x in results if x.status == "failed")
+            raise RuntimeError(f"{counts['failed']} triton variant(s) failed; first: {first.variant.label}: "
+                               f"{(first.error or '').strip().splitlines()[-1:]}")
+        after = snapshot(layout.triton_dir)
+        written = {p for p, st in after.items() if before.get(p) != st}
+        kernel_files = {f for x in results for f in x.files}
+        files += file_entries(layout, sorted(written | kernel_files))
+    if spec.flashinfer.enabled:
+        from .autotune import run_phase  # written alongside; lazy: it imports flashinfer inside
+
+        fi = run_phase(spec, r.arch, layout, log)
+        summary.flashinfer = fi
+        fi_paths = [Path(f["path"]) if Path(f["path"]).is_absolute() else layout.root / f["path"]
+                    for f in fi.get("files") or []]
+        files += file_entries(layout, fi_paths)
+    write_manifest(layout, r.key, r.key_doc, r.env.to_dict(), files,
+                   {"triton": dict(summary.triton.__dict__), "provider": r.provider, "target": r.target})
+    summary.details["manifestFiles"] = len(files)
+    log(f"manifest: {r.key} ({len(files)} file(s))")
+
+
+def write_termination_message(summary: WarmupSummary, path: str) -> bool:
+    """Write the compact summary where Kubernetes reads it; skip when the folder is absent
+    (not in a pod). Returns whether it wrote."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        return False
+    try:
+        p.write_text(summary.compact_json())
+    except OSError:
+        return False
+    return True
+
+
+def spec_json(spec: WarmerSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
