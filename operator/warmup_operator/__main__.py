@@ -1,0 +1,3 @@
+from warmup_operator.main import main
+
+raise SystemExit(main())

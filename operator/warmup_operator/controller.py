@@ -1,0 +1,150 @@
+"""Reconciliation glue: decisions (pure, decide.py) carried out through kube.py.
+
+Independent of kopf so it can be driven by the handlers in main.py and by tests alike.
+Every write is preceded by a fresh GET and a second decision, under a per-workload lock,
+so a stale watch snapshot can never apply an outdated fragment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+from warmup_operator import metrics, names
+from warmup_operator.decide import CRRecord, Decision, decide
+from warmup_operator.status import StatusInputs, TargetState, WarmupObservation, compute_status, same_status
+from warmup_operator.targets import KINDS, LEADERWORKERSET, WorkloadKind, lists_are_keyed
+
+log = logging.getLogger("warmup_operator")
+
+# emit(object_ref, type, reason, message): posts a Kubernetes Event.
+Emit = Callable[[dict, str, str, str], None]
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+
+
+def ref(obj: Any, kind: Optional[WorkloadKind] = None) -> dict:
+    meta = obj.get("metadata") or {}
+    return {"apiVersion": obj.get("apiVersion") or (kind.api_version if kind else ""),
+            "kind": obj.get("kind") or (kind.kind if kind else ""),
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")}}
+
+
+def cr_ref(cr: CRRecord) -> dict:
+    return {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.KIND,
+            "metadata": {"name": cr.name, "namespace": cr.namespace, "uid": cr.uid}}
+
+
+@dataclass
+class Outcome:
+    decision: Decision
+    applied: bool = False
+    error: str = ""
+
+
+class Controller:
+    def __init__(self, kube: Any, *, bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
+                 emit: Optional[Emit] = None):
+        self.kube = kube
+        self.bootstrap_image = bootstrap_image
+        self.emit = emit or (lambda *a: None)
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, key: tuple) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _decide(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Decision:
+        d = decide(kind, obj, crs, default_bootstrap_image=self.bootstrap_image)
+        if kind is LEADERWORKERSET and d.action == "inject":
+            crd = self.kube.get_crd(LWS_CRD)
+            if crd is None or not lists_are_keyed(crd):
+                from warmup_operator.inject import InjectionError
+                err = InjectionError("spec.targets.kinds", "this LeaderWorkerSet CRD does not key its pod-template "
+                                     "lists by name, so server-side apply would replace the user's lists; not injecting")
+                return Decision("none", d.kind, d.name, d.namespace, owner=d.owner, error=err)
+        return d
+
+    def reconcile_workload(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Outcome:
+        """Bring one workload to the state the KernelWarmups ask for (idempotent)."""
+        d = self._decide(kind, obj, crs)
+        if d.action == "none":
+            return Outcome(d)
+        with self._lock((kind.kind, d.namespace, d.name)):
+            live = self.kube.get_workload(kind, d.namespace, d.name)
+            if live is None:
+                return Outcome(Decision("none", d.kind, d.name, d.namespace))
+            d = self._decide(kind, live, crs)
+            if d.action == "none":
+                return Outcome(d)
+            try:
+                self.kube.apply(kind, d.namespace, d.name, d.body)
+            except Exception as exc:  # noqa: BLE001 - reported, retried by the caller
+                metrics.RECONCILE_ERRORS.labels("apply").inc()
+                msg = f"{d.action} {kind.kind}/{d.name} failed: {getattr(exc, 'reason', '')} {getattr(exc, 'body', exc)}"
+                log.warning(msg)
+                return Outcome(d, error=msg)
+        metrics.INJECTIONS.labels(kind.kind, d.action).inc()
+        verb = "Injected" if d.action == "inject" else "Removed"
+        text = (f"kernel warmup from KernelWarmup {d.owner} (hash {d.hash})" if d.action == "inject"
+                else "kernel warmup injection removed")
+        log.info("%s %s %s/%s %s", verb, kind.kind, d.namespace, d.name, d.hash or "")
+        self.emit(ref(live, kind), "Normal", f"KernelWarmup{verb}", text)
+        owner = next((c for c in crs if c.name == (d.owner or _owner_of(live, kind))), None)
+        if owner is not None:
+            self.emit(cr_ref(owner), "Normal", verb, f"{kind.kind}/{d.name}: {text}")
+        for w in d.warnings:
+            self.emit(ref(live, kind), "Warning", "KernelWarmupWarning", w)
+        return Outcome(d, applied=True)
+
+    def reconcile_namespace(self, namespace: str, workloads: Iterable[tuple[WorkloadKind, Any]],
+                            crs: list[CRRecord]) -> list[Outcome]:
+        out = []
+        for kind, obj in workloads:
+            if (obj.get("metadata") or {}).get("namespace") != namespace:
+                continue
+            out.append(self.reconcile_workload(kind, obj, crs))
+        return out
+
+    def target_states(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]],
+                      crs: list[CRRecord]) -> list[TargetState]:
+        states = []
+        for kind, obj in workloads:
+            meta = obj.get("metadata") or {}
+            if meta.get("namespace") != cr.namespace:
+                continue
+            d = self._decide(kind, obj, crs)
+            st = obj.get("status") or {}
+            replicas, ready = int(st.get("replicas") or 0), int(st.get("readyReplicas") or 0)
+            if d.owner == cr.name:
+                msg = d.error.__str__() if d.error else "; ".join(d.warnings)
+                states.append(TargetState(kind.kind, d.name, injected=d.action == "none" and d.error is None,
+                                          hash=d.hash or "", replicas=replicas, ready_replicas=ready, message=msg))
+            elif cr.name in d.conflicts:
+                states.append(TargetState(kind.kind, d.name, injected=False, replicas=replicas, ready_replicas=ready,
+                                          message=f"also selected by KernelWarmup {d.owner} (older); this one is ignored"))
+        return states
+
+    def refresh_status(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]], crs: list[CRRecord],
+                       warmups: list[WarmupObservation], previous: Optional[dict], spec_error: str = "") -> dict:
+        targets = [] if spec_error else self.target_states(cr, workloads, crs)
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        new = compute_status(StatusInputs(cr.generation, targets, warmups, spec_error), previous, now)
+        if not same_status(previous, new):
+            self.kube.patch_cr_status(cr.namespace, cr.name, new)
+        return new
+
+
+def _owner_of(obj: Any, kind: WorkloadKind) -> Optional[str]:
+    from warmup_operator.inject import live_owner
+    from warmup_operator.targets import templates
+    for _, t in templates(kind, obj):
+        if live_owner(t):
+            return live_owner(t)
+    return None
+
+
+__all__ = ["Controller", "Outcome", "KINDS", "cr_ref", "ref"]

@@ -1,0 +1,185 @@
+"""A KernelWarmup's spec as typed values.
+
+The warmer-facing part is rendered into ``kernel_warmer.spec.WarmerSpec`` (the contract
+the warmer owns), so no field of it is declared twice; this module only types the
+operator's own sections (targets, cache volume, warmer container). The API server has
+already applied the CRD's schema and defaults; parsing here still checks everything it
+relies on, so a CR written before a schema change gets a clear error, not a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from kernel_warmer.spec import SpecError, WarmerSpec, camel
+
+from warmup_operator import names
+
+KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
+# Spec keys that belong to the warmer's contract (everything but cacheDir, which the
+# operator derives from cache.mountPath).
+WARMER_KEYS = tuple(camel(f.name) for f in dataclasses.fields(WarmerSpec) if f.name != "cache_dir")
+OPERATOR_KEYS = ("targets", "servingContainer", "cache", "warmer", "sitecustomize")
+
+
+class SpecInvalid(ValueError):
+    """The CR's spec is wrong; ``field`` is the dotted path from the object root."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field = field_path
+        self.message = message
+        super().__init__(f"{field_path}: {message}")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Targets:
+    match_labels: Mapping[str, str] = field(default_factory=dict)
+    match_expressions: tuple[Requirement, ...] = ()
+    has_selector: bool = False
+    names: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = KINDS
+
+
+@dataclass(frozen=True)
+class CacheVolume:
+    mount_path: str
+    # The pod volume source, exactly one key: emptyDir, hostPath or persistentVolumeClaim.
+    source: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class WarmerContainer:
+    image: Optional[str] = None
+    image_pull_policy: Optional[str] = None
+    bootstrap_image: Optional[str] = None
+    python: str = "python3"
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KernelWarmupSpec:
+    targets: Targets
+    cache: CacheVolume
+    container: WarmerContainer
+    warmer: WarmerSpec
+    serving_container: Optional[str] = None
+    sitecustomize: bool = True
+
+
+def _obj(data: Any, where: str) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecInvalid(where, f"must be an object, got {type(data).__name__}")
+    return data
+
+
+def _str(data: Mapping, key: str, where: str, default: Optional[str] = None) -> Optional[str]:
+    value = data.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise SpecInvalid(f"{where}.{key}", f"must be a string, got {value!r}")
+    return value
+
+
+def parse_targets(data: Any) -> Targets:
+    where = "spec.targets"
+    t = _obj(data, where)
+    sel = t.get("selector")
+    labels: dict[str, str] = {}
+    exprs: list[Requirement] = []
+    if sel is not None:
+        sel = _obj(sel, f"{where}.selector")
+        labels = _obj(sel.get("matchLabels"), f"{where}.selector.matchLabels")
+        for i, e in enumerate(sel.get("matchExpressions") or []):
+            e = _obj(e, f"{where}.selector.matchExpressions[{i}]")
+            op = e.get("operator")
+            if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+                raise SpecInvalid(f"{where}.selector.matchExpressions[{i}].operator",
+                                  f"must be In, NotIn, Exists or DoesNotExist, got {op!r}")
+            exprs.append(Requirement(str(e.get("key", "")), op, tuple(e.get("values") or ())))
+        if not labels and not exprs:
+            raise SpecInvalid(f"{where}.selector", "must set matchLabels or matchExpressions")
+    names_ = tuple(t.get("names") or ())
+    if sel is None and not names_:
+        raise SpecInvalid(where, "set spec.targets.selector or spec.targets.names")
+    kinds = tuple(t.get("kinds") or KINDS)
+    for k in kinds:
+        if k not in KINDS:
+            raise SpecInvalid(f"{where}.kinds", f"{k!r} is not one of {', '.join(KINDS)}")
+    return Targets(dict(labels), tuple(exprs), sel is not None, names_, kinds)
+
+
+def parse_cache(data: Any) -> CacheVolume:
+    where = "spec.cache"
+    c = _obj(data, where)
+    mount = _str(c, "mountPath", where, "/kernel-warmup-cache") or ""
+    if not mount.startswith("/") or mount == "/" or ":" in mount:
+        raise SpecInvalid(f"{where}.mountPath", f"must be an absolute path other than /, got {mount!r}")
+    if mount == names.PKG_MOUNT or mount.startswith(names.PKG_MOUNT + "/"):
+        raise SpecInvalid(f"{where}.mountPath", f"must not be under {names.PKG_MOUNT} (the operator's package folder)")
+    kinds = [k for k in ("emptyDir", "hostPath", "persistentVolumeClaim") if k in c]
+    if len(kinds) > 1:
+        raise SpecInvalid(where, f"set at most one of emptyDir, hostPath, persistentVolumeClaim (got {', '.join(kinds)})")
+    kind = kinds[0] if kinds else "emptyDir"
+    source = _obj(c.get(kind), f"{where}.{kind}")
+    if kind == "hostPath" and not str(source.get("path", "")).startswith("/"):
+        raise SpecInvalid(f"{where}.hostPath.path", "must be an absolute path")
+    if kind == "persistentVolumeClaim" and not source.get("claimName"):
+        raise SpecInvalid(f"{where}.persistentVolumeClaim.claimName", "is required")
+    return CacheVolume(mount.rstrip("/"), {kind: dict(source)})
+
+
+def parse_container(data: Any) -> WarmerContainer:
+    where = "spec.warmer"
+    w = _obj(data, where)
+    resources = _obj(w.get("resources"), f"{where}.resources")
+    return WarmerContainer(
+        image=_str(w, "image", where) or None,
+        image_pull_policy=_str(w, "imagePullPolicy", where) or None,
+        bootstrap_image=_str(w, "bootstrapImage", where) or None,
+        python=_str(w, "python", where, "python3") or "python3",
+        resources=resources,
+    )
+
+
+def render_warmer(spec: Mapping[str, Any], cache_dir: str) -> WarmerSpec:
+    """The warmer's contract from the CR's spec: parsed by the warmer's own model."""
+    data = {k: spec[k] for k in WARMER_KEYS if k in spec}
+    data["cacheDir"] = cache_dir
+    try:
+        return WarmerSpec.from_dict(data)
+    except SpecError as exc:
+        msg = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+        path = exc.field if exc.field != "<spec>" else ""
+        # ModelSource reports its own fields relative to itself.
+        if path in ("configPath",):
+            path = "model." + path
+        raise SpecInvalid(f"spec.{path}" if path else "spec", msg) from None
+
+
+def parse_spec(spec: Any) -> KernelWarmupSpec:
+    """Parse a KernelWarmup's ``spec``; raises SpecInvalid naming the field."""
+    spec = _obj(spec, "spec")
+    unknown = sorted(set(spec) - set(WARMER_KEYS) - set(OPERATOR_KEYS))
+    if unknown:
+        raise SpecInvalid("spec", f"unknown field(s) {', '.join(unknown)}")
+    if "model" not in spec:
+        raise SpecInvalid("spec.model", "is required (configPath or layers)")
+    targets = parse_targets(spec.get("targets"))
+    cache = parse_cache(spec.get("cache"))
+    container = parse_container(spec.get("warmer"))
+    serving = _str(spec, "servingContainer", "spec") or None
+    site = spec.get("sitecustomize", True)
+    if not isinstance(site, bool):
+        raise SpecInvalid("spec.sitecustomize", f"must be true or false, got {site!r}")
+    warmer = render_warmer(spec, cache.mount_path)
+    return KernelWarmupSpec(targets, cache, container, warmer, serving, site)

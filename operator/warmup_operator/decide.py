@@ -1,0 +1,121 @@
+"""What to do with one workload, given the KernelWarmups in its namespace (pure).
+
+Every path that changes a workload goes through ``decide``: the CR handlers, the
+workload watch and the periodic resync all reach the same answer for the same inputs,
+and an answer of "none" (same hash already in place) is what keeps rollouts from looping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from warmup_operator import inject, names
+from warmup_operator.crspec import KernelWarmupSpec, SpecInvalid, parse_spec
+from warmup_operator.targets import KINDS, WorkloadKind, deep_merge, nest, selects, templates
+
+
+@dataclass(frozen=True)
+class CRRecord:
+    """A KernelWarmup as the operator sees it (from the watch/index)."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+    created: str = ""
+    generation: int = 0
+    spec: dict = field(default_factory=dict)
+    deleting: bool = False
+
+    @classmethod
+    def from_body(cls, body: Any) -> "CRRecord":
+        meta = body.get("metadata") or {}
+        return cls(
+            name=meta.get("name", ""), namespace=meta.get("namespace", ""), uid=meta.get("uid", ""),
+            created=meta.get("creationTimestamp") or "", generation=int(meta.get("generation") or 0),
+            spec=dict(body.get("spec") or {}), deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    def parsed(self) -> Union[KernelWarmupSpec, SpecInvalid]:
+        try:
+            return parse_spec(self.spec)
+        except SpecInvalid as exc:
+            return exc
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["inject", "remove", "none"]
+    kind: str
+    name: str
+    namespace: str
+    owner: Optional[str] = None  # the KernelWarmup that selects the workload
+    hash: Optional[str] = None  # desired hash (None when not selected)
+    body: Optional[dict] = None  # the server-side-apply body
+    error: Optional[inject.InjectionError] = None
+    conflicts: tuple[str, ...] = ()  # other KernelWarmups that select it too (ignored)
+    warnings: tuple[str, ...] = ()
+
+
+def workload_meta(obj: Any) -> tuple[str, str, dict]:
+    meta = obj.get("metadata") or {}
+    return meta.get("name", ""), meta.get("namespace", ""), dict(meta.get("labels") or {})
+
+
+def apply_body(kind: WorkloadKind, name: str, namespace: str, template_fragments: dict) -> dict:
+    return {"apiVersion": kind.api_version, "kind": kind.kind,
+            "metadata": {"name": name, "namespace": namespace}, **template_fragments}
+
+
+def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
+           default_bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE) -> Decision:
+    name, namespace, labels = workload_meta(obj)
+    tmpls = templates(kind, obj)
+    base = dict(kind=kind.kind, name=name, namespace=namespace)
+    live_owners = {inject.live_owner(t) for _, t in tmpls} - {None}
+
+    parsed = [(cr, cr.parsed()) for cr in crs if cr.namespace == namespace and not cr.deleting]
+    selecting = sorted(
+        ((cr, s) for cr, s in parsed if isinstance(s, KernelWarmupSpec) and selects(s.targets, kind.kind, name, labels)),
+        key=lambda cs: (cs[0].created, cs[0].name),
+    )
+    if selecting:
+        owner, spec = selecting[0]
+        conflicts = tuple(cr.name for cr, _ in selecting[1:])
+        merged: dict = {}
+        desired: list[str] = []
+        warnings: list[str] = []
+        for path, t in tmpls:
+            try:
+                inj = inject.build_injection(spec, inject.user_view(t), cr_name=owner.name,
+                                             default_bootstrap_image=default_bootstrap_image)
+            except inject.InjectionError as exc:
+                return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
+            desired.append(inj.hash)
+            warnings.extend(inj.warnings)
+            merged = deep_merge(merged, nest(path, inj.fragment))
+        h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
+        up_to_date = all(inject.live_hash(t) == d and inject.live_owner(t) == owner.name
+                         for (_, t), d in zip(tmpls, desired))
+        if up_to_date:
+            return Decision("none", **base, owner=owner.name, hash=h, conflicts=conflicts, warnings=tuple(warnings))
+        return Decision("inject", **base, owner=owner.name, hash=h, body=apply_body(kind, name, namespace, merged),
+                        conflicts=conflicts, warnings=tuple(warnings))
+
+    if not live_owners:
+        return Decision("none", **base)
+    # Injected by a KernelWarmup whose spec is now unreadable: keep it until it is fixed
+    # or deleted, rather than dropping a working warmup over a typo.
+    for cr, s in parsed:
+        if cr.name in live_owners and isinstance(s, SpecInvalid):
+            return Decision("none", **base, owner=cr.name)
+    merged = {}
+    for path, t in tmpls:
+        frag = inject.removal_fragment(t)
+        if frag:
+            merged = deep_merge(merged, nest(path, frag))
+    return Decision("remove", **base, body=apply_body(kind, name, namespace, merged))
+
+
+def kind_of(obj: Any) -> Optional[WorkloadKind]:
+    return KINDS.get(obj.get("kind", ""))

@@ -1,0 +1,272 @@
+"""``kernel-warmup-operator``: kopf handlers wired to the controller, plus the CLI.
+
+Handlers are thin: indexes keep in-memory snapshots of KernelWarmups, workloads and
+warmer Pods; every handler turns them into a decision through ``Controller``. A periodic
+resync per KernelWarmup repairs anything a missed event left behind and refreshes status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import sys
+from typing import Any, Iterable, Optional
+
+import kopf
+
+from warmup_operator import metrics, names
+from warmup_operator.controller import Controller, cr_ref
+from warmup_operator.crspec import SpecInvalid
+from warmup_operator.decide import CRRecord
+from warmup_operator.status import WarmupObservation, observe_pod
+from warmup_operator.targets import DEPLOYMENT, LEADERWORKERSET, STATEFULSET, WorkloadKind
+
+log = logging.getLogger("warmup_operator")
+
+CONFIG = {
+    "bootstrap_image": os.environ.get("KERNEL_WARMUP_BOOTSTRAP_IMAGE", names.DEFAULT_BOOTSTRAP_IMAGE),
+    "resync_seconds": float(os.environ.get("KERNEL_WARMUP_RESYNC_SECONDS", "10")),
+}
+_controller: Optional[Controller] = None
+
+
+def controller() -> Controller:
+    global _controller
+    if _controller is None:
+        from warmup_operator.kube import Kube
+        _controller = Controller(Kube(), bootstrap_image=CONFIG["bootstrap_image"], emit=_emit)
+    return _controller
+
+
+def _emit(obj: dict, type_: str, reason: str, message: str) -> None:
+    try:
+        kopf.event(obj, type=type_, reason=reason, message=message[:1024])
+    except Exception:  # noqa: BLE001 - events are best effort
+        log.debug("event not posted", exc_info=True)
+
+
+def _snapshot(body: Any) -> dict:
+    """A detached copy of what decisions read (kopf bodies are live views)."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {k: copy.deepcopy(meta.get(k)) for k in ("name", "namespace", "uid", "labels") if meta.get(k) is not None},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": {k: (body.get("status") or {}).get(k) for k in ("replicas", "readyReplicas", "updatedReplicas")},
+    }
+
+
+# --- startup -------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = names.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.execution.max_workers = int(os.environ.get("KERNEL_WARMUP_WORKERS", "16"))
+    controller()
+
+
+# --- indexes -------------------------------------------------------------------------
+
+
+@kopf.index(names.GROUP, names.VERSION, names.PLURAL)
+def kw_index(body: Any, namespace: str, **_: Any) -> dict:
+    return {namespace: CRRecord.from_body(body)}
+
+
+@kopf.index("apps", "v1", "deployments")
+def deploy_index(body: Any, namespace: str, **_: Any) -> dict:
+    return {namespace: _snapshot(body)}
+
+
+@kopf.index("apps", "v1", "statefulsets")
+def sts_index(body: Any, namespace: str, **_: Any) -> dict:
+    return {namespace: _snapshot(body)}
+
+
+@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+def lws_index(body: Any, namespace: str, **_: Any) -> dict:
+    return {namespace: _snapshot(body)}
+
+
+@kopf.index("", "v1", "pods", annotations={names.ANN_INJECTED_BY: kopf.PRESENT})
+def warmup_index(body: Any, **_: Any) -> Optional[dict]:
+    obs = observe_pod(dict(body))
+    return {(obs.namespace, obs.cr): obs} if obs else {}
+
+
+def _crs(kw_index: Any, namespace: str, override: Optional[CRRecord] = None,
+         exclude_uid: Optional[str] = None) -> list[CRRecord]:
+    crs = [c for c in kw_index.get(namespace, []) if c.uid != exclude_uid]
+    if override is not None:
+        crs = [c for c in crs if c.uid != override.uid] + [override]
+    return crs
+
+
+def _workloads(namespace: str, **indexes: Any) -> list[tuple[WorkloadKind, dict]]:
+    out = []
+    for kind, idx in ((DEPLOYMENT, indexes.get("deploy_index")), (STATEFULSET, indexes.get("sts_index")),
+                      (LEADERWORKERSET, indexes.get("lws_index"))):
+        if idx is not None:
+            out.extend((kind, obj) for obj in idx.get(namespace, []))
+    return out
+
+
+# --- KernelWarmup handlers -------------------------------------------------------------
+
+
+def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmup_index: Any) -> None:
+    record = CRRecord.from_body(body)
+    ctl = controller()
+    parsed = record.parsed()
+    workloads = _workloads(namespace, **indexes)
+    previous = dict(body.get("status") or {})
+    warmups = list(warmup_index.get((namespace, record.name), []))
+    if isinstance(parsed, SpecInvalid):
+        metrics.RECONCILE_ERRORS.labels("invalid_spec").inc()
+        ctl.refresh_status(record, workloads, [], warmups, previous, spec_error=str(parsed))
+        if previous.get("conditions", [{}])[0].get("reason") != "InvalidSpec":
+            _emit(cr_ref(record), "Warning", "InvalidSpec", str(parsed))
+        raise kopf.PermanentError(str(parsed))
+    crs = _crs(kw_index, namespace, override=record)
+    outcomes = ctl.reconcile_namespace(namespace, workloads, crs)
+    errors = [o.error for o in outcomes if o.error]
+    for o in outcomes:
+        if o.decision.owner == record.name and o.decision.error and not o.applied:
+            metrics.RECONCILE_ERRORS.labels("injection").inc()
+    ctl.refresh_status(record, workloads, crs, warmups, previous)
+    if errors:
+        raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
+
+
+@kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
+@kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
+@kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec")
+def kw_changed(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
+               warmup_index: Any, **_: Any) -> None:
+    _reconcile_cr(body, namespace, kw_index, dict(deploy_index=deploy_index, sts_index=sts_index,
+                                                  lws_index=lws_index), warmup_index)
+
+
+@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=CONFIG["resync_seconds"],
+            initial_delay=CONFIG["resync_seconds"], idle=None)
+def kw_resync(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
+              warmup_index: Any, **_: Any) -> None:
+    try:
+        _reconcile_cr(body, namespace, kw_index, dict(deploy_index=deploy_index, sts_index=sts_index,
+                                                      lws_index=lws_index), warmup_index)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        log.info("resync of %s/%s: %s", namespace, body["metadata"]["name"], exc)
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
+def kw_deleted(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
+               **_: Any) -> None:
+    """Take the injection back out of every workload this KernelWarmup injected."""
+    record = CRRecord.from_body(body)
+    crs = _crs(kw_index, namespace, exclude_uid=record.uid)
+    workloads = _workloads(namespace, deploy_index=deploy_index, sts_index=sts_index, lws_index=lws_index)
+    outcomes = controller().reconcile_namespace(namespace, workloads, crs)
+    errors = [o.error for o in outcomes if o.error]
+    if errors:
+        raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
+
+
+# --- workload and Pod watches ------------------------------------------------------------
+
+
+def _on_workload(kind: WorkloadKind, body: Any, type: Optional[str], namespace: str, kw_index: Any) -> None:
+    if type == "DELETED":
+        return
+    try:
+        out = controller().reconcile_workload(kind, _snapshot(body), _crs(kw_index, namespace))
+        if out.error:
+            log.warning(out.error)
+    except Exception:  # noqa: BLE001 - one workload never stops the operator; resync retries
+        metrics.RECONCILE_ERRORS.labels("workload").inc()
+        log.exception("reconciling %s %s/%s", kind.kind, namespace, body.get("metadata", {}).get("name"))
+
+
+@kopf.on.event("apps", "v1", "deployments")
+def deployment_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
+    _on_workload(DEPLOYMENT, body, type, namespace, kw_index)
+
+
+@kopf.on.event("apps", "v1", "statefulsets")
+def statefulset_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
+    _on_workload(STATEFULSET, body, type, namespace, kw_index)
+
+
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+def lws_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
+    _on_workload(LEADERWORKERSET, body, type, namespace, kw_index)
+
+
+@kopf.on.event("", "v1", "pods", annotations={names.ANN_INJECTED_BY: kopf.PRESENT})
+def pod_event(body: Any, namespace: str, kw_index: Any, **_: Any) -> None:
+    """Count each finished warmup once and tell the KernelWarmup about it."""
+    obs = observe_pod(dict(body))
+    if obs is None or not metrics.observe_warmup(obs.key, obs.succeeded, obs.seconds):
+        return
+    cr = next((c for c in kw_index.get(namespace, []) if c.name == obs.cr), None)
+    if cr is None:
+        return
+    if obs.succeeded:
+        _emit(cr_ref(cr), "Normal", "WarmupSucceeded", f"pod {obs.pod}: {_describe(obs)}")
+    else:
+        _emit(cr_ref(cr), "Warning", "WarmupFailed", f"pod {obs.pod}: {_describe(obs)}")
+
+
+def _describe(obs: WarmupObservation) -> str:
+    from warmup_operator.status import display
+    return display(obs)
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="kernel-warmup-operator", description=__doc__.splitlines()[0])
+    ap.add_argument("--namespace", "-n", action="append", default=[],
+                    help="watch only this namespace (repeatable); default: the whole cluster")
+    ap.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    ap.add_argument("--liveness", default=os.environ.get("KERNEL_WARMUP_LIVENESS", "http://0.0.0.0:8081/healthz"),
+                    help="liveness endpoint URL served by kopf ('' to disable)")
+    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("KERNEL_WARMUP_METRICS_PORT", "9090")),
+                    help="Prometheus metrics port (0 to disable)")
+    ap.add_argument("--bootstrap-image", default=CONFIG["bootstrap_image"],
+                    help="image with the warmer package, run as the bootstrap init container")
+    ap.add_argument("--log-format", choices=("json", "plain", "full"), default=os.environ.get("KERNEL_WARMUP_LOG_FORMAT", "json"))
+    ap.add_argument("--verbose", "-v", action="store_true")
+    return ap.parse_args(list(argv) if argv is not None else None)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    CONFIG["bootstrap_image"] = args.bootstrap_image
+    fmt = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}[args.log_format]
+    kopf.configure(verbose=args.verbose, log_format=fmt)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+        start_http_server(args.metrics_port)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Names the operator reserves in users' objects, in one place.
+
+Everything the operator adds to a pod template carries one of these names, which is how
+it recognises (and removes) exactly its own entries and nothing of the user's.
+"""
+
+from __future__ import annotations
+
+GROUP = "kernelwarmup.dev"
+VERSION = "v1alpha1"
+PLURAL = "kernelwarmups"
+KIND = "KernelWarmup"
+
+FIELD_MANAGER = "kernel-warmup-operator"
+FINALIZER = f"{GROUP}/finalizer"
+
+# Pod-template annotations (they reach the Pods, which is how Pods are tied to a CR).
+ANN_HASH = f"{GROUP}/injection-hash"
+ANN_INJECTED_BY = f"{GROUP}/injected-by"
+
+BOOTSTRAP_CONTAINER = "kernel-warmup-bootstrap"
+WARMER_CONTAINER = "kernel-warmup-warmer"
+PKG_VOLUME = "kernel-warmup-pkg"
+CACHE_VOLUME = "kernel-warmup-cache"
+INIT_CONTAINERS = (BOOTSTRAP_CONTAINER, WARMER_CONTAINER)
+VOLUMES = (PKG_VOLUME, CACHE_VOLUME)
+
+# The bootstrap copies the warmer package and the serving sitecustomize here.
+PKG_MOUNT = "/kernel-warmup"
+PKG_PYTHON_DIR = f"{PKG_MOUNT}/python"  # holds kernel_warmer/ (the warmer's PYTHONPATH)
+PKG_SITE_DIR = f"{PKG_MOUNT}/site"  # holds sitecustomize.py (the server's PYTHONPATH)
+
+ENV_TRITON_CACHE = "TRITON_CACHE_DIR"
+ENV_FLASHINFER_DIR = "KERNEL_WARMUP_FLASHINFER_DIR"
+ENV_CACHE_ROOT = "KERNEL_WARMUP_CACHE_DIR"
+ENV_PYTHONPATH = "PYTHONPATH"
+# Env the operator sets on the serving container; a user value for these would be lost.
+SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT)
+
+DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"

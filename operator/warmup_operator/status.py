@@ -1,0 +1,225 @@
+"""The KernelWarmup's status, computed from what the operator observed (pure).
+
+Warmups are read from Pods: the warmer's init container ends with its JSON summary as
+the termination message (``/dev/termination-log``); with FallbackToLogsOnError a crash
+leaves the log tail there instead, which is reported as text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from warmup_operator import names
+
+try:  # the warmer's own summary model, when present
+    from kernel_warmer.report import WarmupSummary  # type: ignore
+except ImportError:  # pragma: no cover - older warmer package
+    WarmupSummary = None  # type: ignore
+
+
+@dataclass(frozen=True)
+class WarmupObservation:
+    namespace: str
+    pod: str
+    cr: str
+    hash: str
+    workload: str
+    finished_at: str
+    exit_code: int
+    summary: Optional[dict] = None  # the parsed summary, None when the message isn't one
+    text: str = ""  # the raw message when it is not a summary (crash log tail)
+
+    @property
+    def succeeded(self) -> bool:
+        if self.exit_code != 0:
+            return False
+        s = self.summary or {}
+        for key in ("ok", "succeeded", "success"):
+            if isinstance(s.get(key), bool):
+                return s[key]
+        status = s.get("status") or s.get("outcome")
+        if isinstance(status, str):
+            return status.lower() in ("ok", "succeeded", "success", "warm", "skipped")
+        return True
+
+    @property
+    def seconds(self) -> Optional[float]:
+        s = self.summary or {}
+        for key in ("seconds", "totalSeconds", "durationSeconds", "elapsedSeconds", "wallSeconds",
+                    "total_s", "elapsed_s", "wall_s", "duration_s"):
+            v = s.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+        return None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.namespace, self.pod, self.finished_at)
+
+
+def parse_summary(message: str) -> Optional[dict]:
+    """The warmer's summary as a dict, via the warmer's own model when it is there."""
+    text = (message or "").strip()
+    if not text.startswith("{"):
+        return None
+    if WarmupSummary is not None:
+        try:
+            s = WarmupSummary.from_json(text)
+            for attr in ("to_dict", "as_dict"):
+                if hasattr(s, attr):
+                    return getattr(s, attr)()
+        except Exception:  # noqa: BLE001 - fall back to plain JSON below
+            pass
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def workload_of_pod(pod: dict) -> str:
+    for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        name = ref.get("name", "")
+        if ref.get("kind") == "ReplicaSet" and "-" in name:
+            return name.rsplit("-", 1)[0]  # <deployment>-<pod-template-hash>
+        return name
+    return ""
+
+
+def observe_pod(pod: dict) -> Optional[WarmupObservation]:
+    """The warmer's latest finished run in this Pod, if any."""
+    meta = pod.get("metadata") or {}
+    ann = meta.get("annotations") or {}
+    if names.ANN_INJECTED_BY not in ann:
+        return None
+    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if st.get("name") != names.WARMER_CONTAINER:
+            continue
+        term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
+        if not term:
+            return None
+        msg = term.get("message") or ""
+        summary = parse_summary(msg)
+        return WarmupObservation(
+            namespace=meta.get("namespace", ""), pod=meta.get("name", ""), cr=ann[names.ANN_INJECTED_BY],
+            hash=ann.get(names.ANN_HASH, ""), workload=workload_of_pod(pod),
+            finished_at=term.get("finishedAt") or "", exit_code=int(term.get("exitCode") or 0),
+            summary=summary, text="" if summary is not None else msg[-1024:],
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class TargetState:
+    kind: str
+    name: str
+    injected: bool
+    hash: str = ""
+    replicas: int = 0
+    ready_replicas: int = 0
+    message: str = ""
+
+    def to_status(self) -> dict:
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "injected": self.injected,
+                               "replicas": self.replicas, "readyReplicas": self.ready_replicas}
+        if self.hash:
+            out["hash"] = self.hash
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    generation: int
+    targets: list[TargetState] = field(default_factory=list)
+    warmups: list[WarmupObservation] = field(default_factory=list)
+    spec_error: str = ""
+
+
+def display(w: WarmupObservation) -> str:
+    outcome = "succeeded" if w.succeeded else f"failed (exit {w.exit_code})"
+    secs = w.seconds
+    return f"{outcome} in {secs:.1f}s" if secs is not None else outcome
+
+
+def latest_warmup(warmups: list[WarmupObservation]) -> Optional[WarmupObservation]:
+    return max(warmups, key=lambda w: (w.finished_at, w.pod), default=None)
+
+
+def conditions(inp: StatusInputs) -> list[Condition]:
+    last = latest_warmup(inp.warmups)
+    if inp.spec_error:
+        return [Condition("Ready", "False", "InvalidSpec", inp.spec_error),
+                Condition("Degraded", "True", "InvalidSpec", inp.spec_error)]
+    errors = [t for t in inp.targets if t.message and not t.injected]
+    pending = [t for t in inp.targets if not t.injected and not t.message]
+    if not inp.targets:
+        ready = Condition("Ready", "False", "NoTargets", "no workload in this namespace matches spec.targets")
+    elif errors or pending:
+        names_ = ", ".join(f"{t.kind}/{t.name}" for t in (errors or pending))
+        ready = Condition("Ready", "False", "InjectionFailed" if errors else "Injecting", f"not injected yet: {names_}")
+    else:
+        ready = Condition("Ready", "True", "Injected", f"{len(inp.targets)} workload(s) injected")
+    if errors:
+        degraded = Condition("Degraded", "True", "InjectionFailed",
+                             "; ".join(f"{t.kind}/{t.name}: {t.message}" for t in errors))
+    elif last is not None and not last.succeeded:
+        detail = (last.summary or {}).get("error") or last.text or f"exit code {last.exit_code}"
+        degraded = Condition("Degraded", "True", "WarmupFailed", f"pod {last.pod}: {str(detail)[:512]}")
+    else:
+        warn = [t for t in inp.targets if t.message and t.injected]
+        degraded = (Condition("Degraded", "True", "Warning", "; ".join(t.message for t in warn)) if warn
+                    else Condition("Degraded", "False", "AsExpected"))
+    return [ready, degraded]
+
+
+def compute_status(inp: StatusInputs, previous: Optional[dict], now: str) -> dict:
+    """The full status object; condition transition times survive unchanged states."""
+    prev_conds = {c.get("type"): c for c in ((previous or {}).get("conditions") or [])}
+    conds = []
+    for c in conditions(inp):
+        p = prev_conds.get(c.type) or {}
+        same = p.get("status") == c.status
+        conds.append({"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+                      "lastTransitionTime": p.get("lastTransitionTime") if same and p.get("lastTransitionTime") else now,
+                      "observedGeneration": inp.generation})
+    injected = sum(1 for t in inp.targets if t.injected)
+    out: dict[str, Any] = {
+        "observedGeneration": inp.generation,
+        "targetsInjected": f"{injected}/{len(inp.targets)}",
+        "targets": [t.to_status() for t in sorted(inp.targets, key=lambda t: (t.kind, t.name))],
+        "conditions": conds,
+    }
+    last = latest_warmup(inp.warmups)
+    if last is not None:
+        lw: dict[str, Any] = {"pod": last.pod, "workload": last.workload, "hash": last.hash,
+                              "succeeded": last.succeeded, "exitCode": last.exit_code,
+                              "finishedAt": last.finished_at, "display": display(last)}
+        if last.seconds is not None:
+            lw["seconds"] = last.seconds
+        if last.summary is not None:
+            lw["summary"] = last.summary
+        elif last.text:
+            lw["summary"] = {"text": last.text}
+        out["lastWarmup"] = lw
+    return out
+
+
+def same_status(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Equal ignoring condition timestamps (no write when nothing changed)."""
+    def strip(s: Optional[dict]) -> Any:
+        s = dict(s or {})
+        s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s.get("conditions") or []]
+        return json.dumps(s, sort_keys=True)
+    return strip(a) == strip(b)

@@ -1,0 +1,47 @@
+"""The bootstrap copies a working warmer package and the serving sitecustomize."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bootstrap(dest: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT / "initcontainer")
+    return subprocess.run([sys.executable, "-m", "kernel_warmer.bootstrap", "--dest", str(dest), *extra],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_bootstrap_lays_out_package_and_site(tmp_path):
+    dest = tmp_path / "kernel-warmup"
+    r = run_bootstrap(dest)
+    assert r.returncode == 0, r.stderr
+    assert (dest / "python/kernel_warmer/spec.py").is_file()
+    assert (dest / "site/sitecustomize.py").is_file()
+    assert not list(dest.rglob("__pycache__"))
+    # The copied package is importable on its own (as in the serving image).
+    probe = subprocess.run([sys.executable, "-c", "import kernel_warmer.spec, sys; print(kernel_warmer.spec.__file__)"],
+                           env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(dest / "python")},
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().startswith(str(dest / "python"))
+    # Idempotent: a second run (container restart) replaces the copy cleanly.
+    assert run_bootstrap(dest).returncode == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["python", "site"]
+
+
+def test_bootstrap_names_a_missing_site_folder(tmp_path):
+    r = run_bootstrap(tmp_path / "d", "--site-src", str(tmp_path / "nowhere"))
+    # An explicit folder without sitecustomize.py falls through to the defaults, which exist here.
+    assert r.returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "initcontainer"))
+    code = ("import kernel_warmer.bootstrap as b, pathlib; b.SITE_CANDIDATES = ();"
+            "import sys; sys.exit(b.main(['--dest', sys.argv[1], '--site-src', sys.argv[2]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "e"), str(tmp_path / "nowhere")],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "sitecustomize.py" in r.stderr and "--site-src" in r.stderr

@@ -1,0 +1,146 @@
+"""The CRD's schema stays in step with the warmer's contract (WarmerSpec)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kernel_warmer.spec import WarmerSpec, camel
+from warmup_operator.crspec import WARMER_KEYS, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict:
+    return yaml.safe_load(CRD.read_text())
+
+
+def spec_schema(crd: dict) -> dict:
+    (version,) = crd["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def _dataclass_of(tp):
+    """The dataclass inside Optional[...] / list[...], if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _dataclass_of(arg)
+        if found:
+            return found
+    return None
+
+
+def walk(dc, schema: dict, path: str, missing: list, defaults: list) -> None:
+    hints = typing.get_type_hints(dc)
+    props = schema.get("properties") or {}
+    for f in dataclasses.fields(dc):
+        key = camel(f.name)
+        if dc is WarmerSpec and key == "cacheDir":
+            continue  # rendered from spec.cache.mountPath
+        if key not in props:
+            missing.append(f"{path}.{key}")
+            continue
+        sub = props[key]
+        if sub.get("type") == "array":
+            sub = sub["items"]
+        inner = _dataclass_of(hints[f.name])
+        if inner is not None:
+            walk(inner, sub, f"{path}.{key}", missing, defaults)
+        elif f.default is not dataclasses.MISSING and f.default is not None:
+            defaults.append((f"{path}.{key}", f.default, props[key].get("default")))
+
+
+def test_crd_schema_covers_every_warmer_field(crd):
+    missing: list[str] = []
+    defaults: list = []
+    walk(WarmerSpec, spec_schema(crd), "spec", missing, defaults)
+    assert missing == [], f"CRD schema lacks WarmerSpec fields: {missing}"
+    wrong = [(p, d, c) for p, d, c in defaults if c is not None and c != d]
+    assert wrong == [], f"CRD defaults differ from WarmerSpec defaults (path, dataclass, crd): {wrong}"
+    # Every scalar default of the contract is declared in the CRD, so `kubectl explain` shows it.
+    undeclared = [p for p, d, c in defaults if c is None]
+    assert undeclared == [], undeclared
+
+
+def test_crd_has_no_warmer_field_the_contract_lacks(crd):
+    props = set(spec_schema(crd)["properties"])
+    operator_only = {"targets", "servingContainer", "cache", "warmer", "sitecustomize"}
+    assert props - operator_only == set(WARMER_KEYS)
+
+
+def test_crd_metadata(crd):
+    assert crd["spec"]["group"] == "kernelwarmup.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["shortNames"] == ["kw"]
+    (v,) = crd["spec"]["versions"]
+    assert v["name"] == "v1alpha1" and v["subresources"] == {"status": {}}
+    cols = [c["name"] for c in v["additionalPrinterColumns"]]
+    assert cols == ["Targets", "Ready", "Last Warmup", "Age"]
+
+
+def _described(schema: dict, path: str, out: list) -> None:
+    for k, sub in (schema.get("properties") or {}).items():
+        if "description" not in sub and path.count(".") < 2 and k not in ("matchLabels", "matchExpressions"):
+            out.append(f"{path}.{k}")
+        _described(sub.get("items", sub), f"{path}.{k}", out)
+
+
+def test_top_level_fields_are_described(crd):
+    undocumented: list[str] = []
+    _described(spec_schema(crd), "spec", undocumented)
+    # Leaves of small sections (e.g. triton.enabled) may rely on the section's text.
+    assert [p for p in undocumented if p.count(".") == 1] == []
+
+
+EXAMPLE_SPEC = {
+    "targets": {"selector": {"matchLabels": {"app": "vllm"}}},
+    "model": {"configPath": "/models/llama/config.json"},
+    "tensorParallelSize": 4,
+    "dtype": "bfloat16",
+    "triton": {"enabled": True, "provider": "vllm", "workers": 8, "compileOnlyTarget": "sm_90"},
+    "flashinfer": {"enabled": True, "quantization": "fp8", "maxNumBatchedTokens": 16384},
+    "distributed": {"worldSize": 8, "rank": 0, "masterPort": 29600, "timeoutSeconds": 120},
+    "failurePolicy": "Ignore",
+    "timeoutSeconds": 900,
+    "cache": {"mountPath": "/var/cache/kw", "hostPath": {"path": "/var/lib/kw", "type": "DirectoryOrCreate"}},
+}
+
+
+def test_round_trip_cr_spec_to_warmer_json_and_back():
+    spec = parse_spec(EXAMPLE_SPEC)
+    text = spec.warmer.to_json()
+    back = WarmerSpec.from_json(text)
+    assert back == spec.warmer
+    data = json.loads(text)
+    for key in WARMER_KEYS:
+        if key in EXAMPLE_SPEC:
+            assert data[key] == EXAMPLE_SPEC[key], key
+    assert data["cacheDir"] == "/var/cache/kw"
+
+
+def test_round_trip_explicit_layers():
+    layers = [{"numHeads": 32, "numKvHeads": 8, "headSize": 128, "count": 20},
+              {"numHeads": 32, "numKvHeads": 8, "headSize": 128, "count": 12, "slidingWindow": 4096, "softcap": 50.0}]
+    spec = parse_spec({"targets": {"names": ["a"]}, "model": {"layers": layers, "hiddenSize": 4096}})
+    back = WarmerSpec.from_json(spec.warmer.to_json())
+    assert back == spec.warmer
+    assert back.model.layers[1].sliding_window == 4096 and back.model.hidden_size == 4096
+
+
+def test_walker_notices_a_missing_nested_field(crd):
+    schema = json.loads(json.dumps(spec_schema(crd)))
+    del schema["properties"]["model"]["properties"]["layers"]["items"]["properties"]["chunkedLookback"]
+    schema["properties"]["flashinfer"]["properties"]["maxNumBatchedTokens"]["default"] = 1
+    missing: list[str] = []
+    defaults: list = []
+    walk(WarmerSpec, schema, "spec", missing, defaults)
+    assert missing == ["spec.model.layers.chunkedLookback"]
+    assert ("spec.flashinfer.maxNumBatchedTokens", 8192, 1) in defaults

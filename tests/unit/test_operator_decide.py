@@ -1,0 +1,125 @@
+"""Which KernelWarmup owns a workload, and whether anything must be applied (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmup_operator import names
+from warmup_operator.crspec import parse_spec
+from warmup_operator.decide import CRRecord, decide
+from warmup_operator.inject import apply_fragment
+from warmup_operator.targets import DEPLOYMENT, LEADERWORKERSET, lists_are_keyed, selects
+
+
+def deployment(name="llm", labels=None, template_ann=None, env=None):
+    c = {"name": "vllm", "image": "vllm/vllm-openai:v0.11.0", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+    if env:
+        c["env"] = env
+    t = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}
+    if template_ann:
+        t["metadata"]["annotations"] = template_ann
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "ns", "labels": labels if labels is not None else {"app": "vllm"}},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "template": t}}
+
+
+def cr(name="kw", created="2026-01-01T00:00:00Z", deleting=False, **spec):
+    s = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/m/config.json"}}
+    s.update(spec)
+    return CRRecord(name=name, namespace="ns", uid=name, created=created, spec=s, deleting=deleting)
+
+
+def applied(obj, d):
+    """The workload after the API server applied the decision's body (SSA model)."""
+    out = dict(obj)
+    out["spec"] = dict(obj["spec"])
+    out["spec"]["template"] = apply_fragment(obj["spec"]["template"], d.body["spec"]["template"])
+    return out
+
+
+def test_inject_then_nothing_to_do():
+    d = decide(DEPLOYMENT, deployment(), [cr()])
+    assert d.action == "inject" and d.owner == "kw"
+    assert d.body["apiVersion"] == "apps/v1" and d.body["metadata"] == {"name": "llm", "namespace": "ns"}
+    again = decide(DEPLOYMENT, applied(deployment(), d), [cr()])
+    assert again.action == "none" and again.hash == d.hash
+
+
+def test_changed_cr_gives_a_new_hash_once():
+    first = decide(DEPLOYMENT, deployment(), [cr()])
+    obj = applied(deployment(), first)
+    second = decide(DEPLOYMENT, obj, [cr(tensorParallelSize=2)])
+    assert second.action == "inject" and second.hash != first.hash
+    assert decide(DEPLOYMENT, applied(obj, second), [cr(tensorParallelSize=2)]).action == "none"
+
+
+def test_removed_when_cr_gone_or_workload_deselected():
+    obj = applied(deployment(), decide(DEPLOYMENT, deployment(), [cr()]))
+    assert decide(DEPLOYMENT, obj, []).action == "remove"
+    assert decide(DEPLOYMENT, obj, [cr(deleting=True)]).action == "remove"
+    obj["metadata"]["labels"] = {"app": "other"}
+    d = decide(DEPLOYMENT, obj, [cr()])
+    assert d.action == "remove" and d.body["metadata"]["name"] == "llm"
+    assert "spec" not in d.body  # an empty apply: every operator-owned field goes
+
+
+def test_untouched_workloads_stay_untouched():
+    assert decide(DEPLOYMENT, deployment(labels={"app": "web"}), [cr()]).action == "none"
+    assert decide(DEPLOYMENT, deployment(), []).action == "none"
+
+
+def test_oldest_cr_wins_and_others_are_told():
+    crs = [cr("newer", created="2026-02-01T00:00:00Z"), cr("older", created="2026-01-01T00:00:00Z")]
+    d = decide(DEPLOYMENT, deployment(), crs)
+    assert d.owner == "older" and d.conflicts == ("newer",)
+
+
+def test_invalid_spec_keeps_an_existing_injection():
+    obj = applied(deployment(), decide(DEPLOYMENT, deployment(), [cr()]))
+    broken = cr(cache={"mountPath": "relative"})
+    assert decide(DEPLOYMENT, obj, [broken]).action == "none"
+
+
+def test_injection_error_is_reported_not_applied():
+    d = decide(DEPLOYMENT, deployment(), [cr(servingContainer="missing")])
+    assert d.action == "none" and d.error is not None and d.error.field == "spec.servingContainer"
+
+
+def test_lws_injects_into_both_templates():
+    tmpl = deployment()["spec"]["template"]
+    lws = {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+           "metadata": {"name": "big", "namespace": "ns", "labels": {"app": "vllm"}},
+           "spec": {"leaderWorkerTemplate": {"size": 2, "leaderTemplate": tmpl, "workerTemplate": tmpl}}}
+    d = decide(LEADERWORKERSET, lws, [cr()])
+    lwt = d.body["spec"]["leaderWorkerTemplate"]
+    assert set(lwt) == {"leaderTemplate", "workerTemplate"}
+    assert lwt["workerTemplate"]["metadata"]["annotations"][names.ANN_INJECTED_BY] == "kw"
+
+
+SELECTOR_CASES = [
+    ({"selector": {"matchLabels": {"app": "vllm"}}}, "x", {"app": "vllm"}, True),
+    ({"selector": {"matchLabels": {"app": "vllm"}}}, "x", {"app": "web"}, False),
+    ({"names": ["x"]}, "x", {}, True),
+    ({"names": ["y"]}, "x", {"app": "vllm"}, False),
+    ({"selector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["gpu"]}]}}, "x", {"tier": "gpu"}, True),
+    ({"selector": {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["gpu"]}]}}, "x", {"tier": "gpu"}, False),
+    ({"selector": {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}}, "x", {}, False),
+    ({"selector": {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}}, "x", {}, True),
+    ({"names": ["x"], "kinds": ["StatefulSet"]}, "x", {}, False),
+]
+
+
+@pytest.mark.parametrize("targets,name,labels,want", SELECTOR_CASES)
+def test_selection(targets, name, labels, want):
+    s = parse_spec({"targets": targets, "model": {"configPath": "/m/config.json"}})
+    assert selects(s.targets, "Deployment", name, labels) is want
+
+
+def test_lws_crd_list_markers():
+    pod = {"initContainers": {"x-kubernetes-list-type": "map"}, "volumes": {"x-kubernetes-list-type": "map"},
+           "containers": {"x-kubernetes-list-type": "map"}}
+    def crd(p):
+        return {"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema": {"properties": {"spec": {"properties": {
+            "leaderWorkerTemplate": {"properties": {"workerTemplate": {"properties": {"spec": {"properties": p}}}}}}}}}}}]}}
+    assert lists_are_keyed(crd(pod))
+    assert not lists_are_keyed(crd({**pod, "volumes": {}}))
