@@ -1,0 +1,279 @@
+"""The FlashInfer phase: tune the planned ops on rank 0, give every rank the same file.
+
+Rank 0 runs each planned op once at M = m_max inside
+``flashinfer.autotuner.autotune(tune_mode=True, cache=PATH)``: ``choose_one`` then profiles
+every M bucket up to m_max (``get_hybrid_num_tokens_buckets``) and the context saves the
+winners to PATH on exit. The file's bytes go through ``distributed.share_payload``, which
+writes them to ``<cache>/flashinfer/<env-key>/autotune.json`` and proves every rank loaded
+the same bytes (``AutoTuner.load_configs`` returned True everywhere).
+
+``env-key`` is derived from FlashInfer's own ``_collect_metadata()`` (flashinfer, CUDA,
+cuBLAS, cuDNN, cudnn-frontend versions and the GPU name): the very fields FlashInfer checks
+before honouring a file, so two environments never share a folder.
+
+Things found in FlashInfer 0.6.18's source that shape this module:
+- the file key holds the runner class, so a tactic tuned for backend "cudnn" is no hit
+  for "cublaslt": each GEMM is tuned once per backend the server may pick;
+- the fused-MoE key holds ``tp_rank``/``ep_rank``: rank 0 tunes the experts once per TP
+  rank, or the other ranks would miss every MoE shape;
+- mm_bf16's "auto" backend needs nvidia-cutlass-dsl, so the backends are named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .autotune_plan import MOE_OP, AutoTuneOp, SkippedOp, plan_ops
+from .cache import CacheLayout, sha256_file
+
+TUNE_FILE = "autotune.json"
+BF16_BACKENDS = ("cudnn", "cublaslt")
+FP8_BACKENDS = ("cublas", "cudnn")
+FP4_BACKENDS = ("cudnn", "cutlass")
+METADATA_FIELDS = ("flashinfer_version", "cuda_version", "cublas_version", "cudnn_version",
+                   "cudnn_frontend_version", "gpu")
+
+
+def env_key(meta: dict[str, Any]) -> str:
+    """Folder name for one FlashInfer environment: readable prefix + hash of every field."""
+    canon = json.dumps({k: str(meta.get(k, "unknown")) for k in METADATA_FIELDS}, sort_keys=True)
+    digest = hashlib.sha256(canon.encode()).hexdigest()[:16]
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", str(meta.get("gpu", "unknown"))).strip("-").lower()
+    return f"fi{meta.get('flashinfer_version', 'unknown')}-{gpu}-{digest}"
+
+
+def flashinfer_available() -> bool:
+    return importlib.util.find_spec("flashinfer") is not None
+
+
+def current_env_key() -> str:
+    from flashinfer.autotuner import _collect_metadata
+
+    return env_key(_collect_metadata())
+
+
+def current_sm() -> Optional[int]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return major * 10 + minor
+
+
+# --- running one op so that FlashInfer's choose_one profiles it ------------------------
+
+
+def _run_gemm(op: AutoTuneOp, backend: str, device: Any) -> None:
+    import torch
+
+    import flashinfer
+
+    m, n, k = op.m_max, op.n, op.k
+    if op.op == "bf16_gemm":
+        a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n, k, device=device, dtype=torch.bfloat16).t()  # (k, n), column-major
+        flashinfer.mm_bf16(a, b, backend=backend)
+    elif op.op == "fp8_gemm":
+        a = torch.randn(1, m, k, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(1, n, k, device=device).to(torch.float8_e4m3fn).transpose(-2, -1)
+        one = torch.tensor(1.0, device=device)
+        flashinfer.bmm_fp8(a, b, one, one, torch.bfloat16, backend=backend)
+    elif op.op == "fp4_gemm":
+        gs = torch.tensor(1.0, device=device)
+        a, a_sf = flashinfer.fp4_quantize(torch.randn(m, k, device=device, dtype=torch.bfloat16), gs)
+        b, b_sf = flashinfer.fp4_quantize(torch.randn(n, k, device=device, dtype=torch.bfloat16), gs)
+        flashinfer.mm_fp4(a, b.t(), a_sf, b_sf.t(), gs, torch.bfloat16, backend=backend)
+    else:
+        raise ValueError(f"unknown GEMM op {op.op}")
+
+
+def _run_moe(op: AutoTuneOp, arch_moe: Any, quant: str, tp: int, tp_rank: int, device: Any) -> None:
+    import torch
+
+    import flashinfer
+
+    m, hidden, n2 = op.m_max, op.k, op.n
+    experts, topk = arch_moe.num_experts, arch_moe.experts_per_token
+    x = torch.randn(m, hidden, device=device, dtype=torch.bfloat16)
+    ids = torch.randint(0, experts, (m, topk), device=device, dtype=torch.int32)
+    scales = torch.softmax(torch.randn(m, topk, device=device), dim=-1)
+    fc1 = torch.randn(experts, n2, hidden, device=device, dtype=torch.bfloat16) * 0.02
+    fc2 = torch.randn(experts, hidden, n2 // 2, device=device, dtype=torch.bfloat16) * 0.02
+    quant_scales: list = []
+    if quant == "fp8":
+        x, fc1, fc2 = (t.to(torch.float8_e4m3fn) for t in (x, fc1, fc2))
+        ones_e = torch.ones(experts, device=device)
+        one = torch.ones(1, device=device)
+        quant_scales = [ones_e, one, ones_e, one]
+    elif quant != "none":
+        raise ValueError(f"fused MoE tuning for quantization {quant!r} is not implemented")
+    flashinfer.cutlass_fused_moe(x, ids, scales, fc1, fc2, torch.bfloat16, quant_scales,
+                                 tp_size=tp, tp_rank=tp_rank, tune_max_num_tokens=m)
+
+
+@dataclass
+class TuneReport:
+    tuned: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, arch_moe: Any,
+             device: Any, log: Callable[[str], None] = print,
+             bf16_backends: tuple[str, ...] = BF16_BACKENDS,
+             fp8_backends: tuple[str, ...] = FP8_BACKENDS) -> TuneReport:
+    """Profile every op (each backend, each TP rank for MoE) into ``cache_path``."""
+    import torch
+    from flashinfer.autotuner import autotune
+
+    backends = {"bf16_gemm": bf16_backends, "fp8_gemm": fp8_backends, "fp4_gemm": FP4_BACKENDS}
+    report = TuneReport()
+    t0 = time.monotonic()
+    with autotune(tune_mode=True, cache=str(cache_path)):
+        for op in ops:
+            if op.op == MOE_OP:
+                variants = [(f"tp_rank={r}", lambda r=r: _run_moe(op, arch_moe, quant, tp, r, device))
+                            for r in range(tp)]
+            else:
+                variants = [(f"backend={b}", lambda b=b: _run_gemm(op, b, device)) for b in backends[op.op]]
+            for label, fn in variants:
+                start = time.monotonic()
+                try:
+                    fn()
+                    torch.cuda.synchronize(device)
+                except Exception as exc:  # noqa: BLE001 - the GPU cannot run it: skip, with why
+                    with contextlib.suppress(Exception):
+                        torch.cuda.synchronize(device)
+                    with contextlib.suppress(Exception):
+                        torch.cuda.empty_cache()
+                    reason = f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                    report.skipped.append({**op.to_dict(), "reason": reason})
+                    log(f"flashinfer: skip {op.op} n={op.n} k={op.k} {reason}")
+                    continue
+                secs = time.monotonic() - start
+                report.tuned.append({**op.to_dict(), "variant": label, "seconds": round(secs, 3)})
+                log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} M<={op.m_max} {label} in {secs:.1f}s")
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+# --- the distributed job -----------------------------------------------------------------
+
+
+@dataclass
+class AutotuneJob:
+    """Runs in every spawned worker: rank 0 tunes, everyone receives, writes, loads, verifies."""
+
+    ops: list[dict[str, Any]]
+    flashinfer_root: str  # <cache>/flashinfer
+    tp: int
+    quant: str
+    moe: Any = None
+    produce_timeout_s: float = 1800.0
+    bf16_backends: tuple[str, ...] = BF16_BACKENDS
+    fp8_backends: tuple[str, ...] = FP8_BACKENDS
+    use_cuda: bool = True
+
+    def __call__(self, world: Any, rdv: Any, device: Any) -> dict[str, Any]:
+        from flashinfer.autotuner import AutoTuner
+
+        from .distributed import Payload, share_payload
+
+        report: dict[str, Any] = {}
+        root = Path(self.flashinfer_root)
+
+        def produce() -> Payload:
+            ops = [AutoTuneOp(**o) for o in self.ops]
+            key = current_env_key()
+            with tempfile.TemporaryDirectory(prefix="kw-fi-") as tmp:
+                path = Path(tmp) / TUNE_FILE
+                existing = root / key / TUNE_FILE
+                if existing.is_file():  # start from the warm file: covered shapes are hits
+                    path.write_bytes(existing.read_bytes())
+                rep = tune_ops(ops, path, tp=self.tp, quant=self.quant, arch_moe=self.moe, device=device,
+                               log=lambda s: print(s, flush=True), bf16_backends=self.bf16_backends,
+                               fp8_backends=self.fp8_backends)
+                report.update(tuned=rep.tuned, skipped=rep.skipped, tune_s=round(rep.seconds, 3),
+                              warm_start=existing.is_file())
+                data = path.read_bytes() if path.is_file() else b""
+            if not data:
+                raise RuntimeError("FlashInfer saved no tactics (every planned op was skipped)")
+            return Payload(data, key)
+
+        def load(path: Path) -> bool:
+            return bool(AutoTuner.get().load_configs(str(path)))
+
+        res = share_payload(world, rdv, produce, lambda key: root / key / TUNE_FILE, device=device,
+                            local_key=current_env_key, loader=load,
+                            produce_timeout_s=self.produce_timeout_s)
+        return {**res.to_dict(), **report}
+
+
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], None]) -> dict[str, Any]:
+    """The ``kernel-warmer run`` entry: summary["flashinfer"] (JSON-able), never raises for
+    a missing FlashInfer or an op the GPU cannot run; raises on rank disagreement/timeouts."""
+    from .distributed import run_local_workers
+
+    t0 = time.monotonic()
+    fi = spec.flashinfer
+    if not fi.enabled:
+        return {"status": "skipped: disabled in spec"}
+    if not flashinfer_available():
+        return {"status": "skipped: flashinfer not installed"}
+    gpus = local_gpu_count()
+    if gpus == 0:
+        return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
+    sm = current_sm()
+    ops, skipped = plan_ops(arch, spec.tensor_parallel_size, fi.max_num_batched_tokens, fi.quantization, sm)
+    quant = arch.quantization if fi.quantization == "auto" else fi.quantization
+    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped], "sm": sm, "gpus_in_pod": gpus}
+    if not ops:
+        return {"status": "skipped: nothing to tune", **base}
+    job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(layout.root / "flashinfer"),
+                      tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
+                      produce_timeout_s=float(spec.timeout_seconds))
+    log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
+    outcomes = run_local_workers(job, gpus, spec=spec.distributed,
+                                 timeout_s=float(spec.distributed.timeout_seconds),
+                                 total_timeout_s=float(spec.timeout_seconds))
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        msgs = "; ".join(f"local rank {o.local_rank}: {o.error or f'exit {o.exitcode}'}" for o in failed)
+        raise RuntimeError(f"flashinfer autotune broadcast failed: {msgs}")
+    first = outcomes[0].result
+    files = []
+    if first.get("wrote"):
+        files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
+    return {
+        **base,
+        "status": "ok",
+        "tuned": len(first.get("tuned", [])) if "tuned" in first else None,
+        "tuned_ops": first.get("tuned"),
+        "skipped_ops": base["skipped_ops"] + list(first.get("skipped") or []),
+        "tune_seconds": first.get("tune_s"),
+        "warm_start": first.get("warm_start"),
+        "seconds": round(time.monotonic() - t0, 3),
+        "env_key": Path(first["path"]).parent.name,
+        "sha256": first["sha256"],
+        "bytes": first["size"],
+        "ranks": [{"rank": r["rank"], "host": r.get("host"), "loaded": r.get("loaded"),
+                   "sha256": r.get("sha_file")} for r in first["per_rank"]],
+        "files": files,
+    }

@@ -1,0 +1,163 @@
+"""kernel-warmup, serving side: hand the warmed FlashInfer tactics to the AutoTuner.
+
+The operator puts this folder first on the serving container's PYTHONPATH and sets
+``KERNEL_WARMUP_FLASHINFER_DIR=<mount>/flashinfer``. Nothing happens at start-up beyond
+installing an import hook: when ``flashinfer.autotuner`` is imported, ``AutoTuner.choose_one``
+is wrapped so that its first call (CUDA is up by then) loads the tactic file whose
+recorded environment matches this process (FlashInfer's own metadata check). A process
+that never imports FlashInfer pays one meta-path lookup per import and nothing else.
+
+``KERNEL_WARMUP_SITECUSTOMIZE=0`` disables it. Any ``sitecustomize`` found later on
+sys.path still runs. Errors never reach the serving process: one warning line on stderr.
+"""
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import threading
+
+_TARGET = "flashinfer.autotuner"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _warn(msg):
+    try:
+        sys.stderr.write(f"kernel-warmup sitecustomize: warning: {msg}\n")
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _candidate_files(root):
+    """Tactic files under ``root/<env-key>/``, newest first."""
+    found = []
+    try:
+        for entry in os.scandir(root):
+            path = os.path.join(entry.path, "autotune.json")
+            if entry.is_dir() and os.path.isfile(path):
+                found.append((os.path.getmtime(path), path))
+    except FileNotFoundError:
+        return []
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_matching(autotuner_module, root):
+    """Load every file whose ``_metadata`` matches this process; returns the paths loaded."""
+    import json
+
+    current = autotuner_module._collect_metadata()
+    tuner = autotuner_module.AutoTuner.get()
+    loaded = []
+    for path in _candidate_files(root):
+        try:
+            with open(path) as f:
+                meta = json.load(f).get(autotuner_module._METADATA_KEY) or {}
+            hard, soft = autotuner_module._classify_metadata_mismatches(meta, current)
+            if hard or soft:
+                continue
+            if tuner.load_configs(path):
+                loaded.append(path)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"could not load {path}: {type(exc).__name__}: {exc}")
+    return loaded
+
+
+def _patch(module):
+    root = os.environ.get("KERNEL_WARMUP_FLASHINFER_DIR")
+    if not root:
+        return
+    tuner_cls = module.AutoTuner
+    original = tuner_cls.choose_one
+    if getattr(original, "_kernel_warmup", False):
+        return
+    state = {"loaded": None, "sentinel": None}
+    lock = threading.Lock()
+
+    def ensure_loaded(tuner):
+        # Reload if an ``autotune(cache=...)`` context cleared the file configs since.
+        if state["loaded"] is not None and (state["sentinel"] is None or state["sentinel"] in tuner._file_configs):
+            return
+        with lock:
+            try:
+                before = set(tuner._file_configs)
+                state["loaded"] = load_matching(module, root)
+                added = set(tuner._file_configs) - before
+                state["sentinel"] = next(iter(added), None)
+                if not state["loaded"] and os.environ.get("KERNEL_WARMUP_QUIET") != "1":
+                    _warn(f"no tactic file in {root} matches this environment; FlashInfer will tune")
+            except Exception as exc:  # noqa: BLE001
+                state["loaded"], state["sentinel"] = [], None
+                _warn(f"loading tactics failed: {type(exc).__name__}: {exc}")
+
+    def choose_one(self, *args, **kwargs):
+        try:
+            ensure_loaded(self)
+        except Exception:  # noqa: BLE001
+            pass
+        return original(self, *args, **kwargs)
+
+    choose_one._kernel_warmup = True
+    choose_one.__wrapped__ = original
+    tuner_cls.choose_one = choose_one
+    module._kernel_warmup_state = state
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        self.inner.exec_module(module)
+        try:
+            _patch(module)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"could not hook {_TARGET}: {type(exc).__name__}: {exc}")
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _TARGET:
+            return None
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is None or spec.loader is None:
+                return None
+            spec.loader = _Loader(spec.loader)
+            return spec
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"import hook failed: {exc}")
+            return None
+
+
+def _chain():
+    """Run the next ``sitecustomize`` on sys.path, which ours shadows."""
+    here = os.path.normcase(_HERE)
+    rest = [p for p in sys.path if os.path.normcase(os.path.abspath(p or os.curdir)) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None or os.path.normcase(os.path.dirname(os.path.abspath(spec.origin))) == here:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_kernel_warmup_chained_sitecustomize"] = module
+    spec.loader.exec_module(module)
+
+
+def _install():
+    if os.environ.get("KERNEL_WARMUP_SITECUSTOMIZE", "1") != "0":
+        if _TARGET in sys.modules:
+            _patch(sys.modules[_TARGET])
+        elif not any(isinstance(f, _Finder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _Finder())
+
+
+try:
+    _install()
+except Exception as _exc:  # noqa: BLE001
+    _warn(f"disabled after an error: {type(_exc).__name__}: {_exc}")
+try:
+    _chain()
+except Exception as _exc:  # noqa: BLE001
+    _warn(f"chained sitecustomize raised {type(_exc).__name__}: {_exc}")

@@ -1,0 +1,134 @@
+"""The serving-side sitecustomize, in fresh interpreters, with a fake `flashinfer` package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SITE = Path(__file__).resolve().parents[2] / "initcontainer" / "serving_site"
+
+FAKE_AUTOTUNER = '''
+import json, os
+_METADATA_KEY = "_metadata"
+IMPORTED = True
+def _collect_metadata():
+    return {"flashinfer_version": "9.9", "gpu": os.environ.get("FAKE_GPU", "NVIDIA H200")}
+def _classify_metadata_mismatches(saved, current):
+    hard = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) not in (v, "*")}
+    return hard, {}
+class AutoTuner:
+    _instance = None
+    def __init__(self):
+        self._file_configs = {}
+        self.loaded = []
+    @classmethod
+    def get(cls):
+        if cls._instance is None:
+            cls._instance = AutoTuner()
+        return cls._instance
+    def load_configs(self, path):
+        if os.environ.get("FAKE_LOAD_RAISES"):
+            raise RuntimeError("boom")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg.pop(_METADATA_KEY, None)
+        self._file_configs.update(cfg)
+        self.loaded.append(path)
+        return True
+    def choose_one(self, custom_op, runners, tuning_config, inputs, **kw):
+        return custom_op, sorted(self._file_configs)
+'''
+
+
+@pytest.fixture()
+def world(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "flashinfer").mkdir(parents=True)
+    (fake / "flashinfer" / "__init__.py").write_text("from . import autotuner\n")
+    (fake / "flashinfer" / "autotuner.py").write_text(FAKE_AUTOTUNER)
+    chained = tmp_path / "chained"
+    chained.mkdir()
+    (chained / "sitecustomize.py").write_text("import os\nos.environ['CHAINED_RAN'] = '1'\n")
+    cache = tmp_path / "cache" / "flashinfer"
+    for key, gpu, entry in (("env-h200", "NVIDIA H200", "k-h200"), ("env-h100", "NVIDIA H100", "k-h100")):
+        (cache / key).mkdir(parents=True)
+        (cache / key / "autotune.json").write_text(json.dumps(
+            {"_metadata": {"flashinfer_version": "9.9", "gpu": gpu}, entry: ["Runner", [1]]}))
+    return tmp_path, fake, chained, cache
+
+
+def run(world, code, **env_over):
+    tmp, fake, chained, cache = world
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_WARMUP", "PYTHON"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(SITE), str(fake), str(chained)])
+    env["KERNEL_WARMUP_FLASHINFER_DIR"] = str(cache)
+    env.update(env_over)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_nothing_imported_until_flashinfer_is_and_chain_runs(world):
+    out = run(world, """
+        import os, sys
+        print(os.environ.get("CHAINED_RAN"), "flashinfer" in sys.modules)
+    """).stdout.split()
+    assert out == ["1", "False"]
+
+
+def test_first_choose_one_loads_only_the_matching_environment(world):
+    out = run(world, """
+        import flashinfer.autotuner as a
+        t = a.AutoTuner.get()
+        print(len(t.loaded))            # nothing loaded at import time
+        print(t.choose_one("bf16_gemm", [], None, []))
+        print([p.split("/")[-2] for p in t.loaded])
+    """).stdout.splitlines()
+    assert out[0] == "0"
+    assert out[1] == "('bf16_gemm', ['k-h200'])"
+    assert out[2] == "['env-h200']"
+
+
+def test_reloads_after_the_file_configs_are_cleared(world):
+    out = run(world, """
+        import flashinfer.autotuner as a
+        t = a.AutoTuner.get()
+        t.choose_one("x", [], None, [])
+        t._file_configs.clear()         # what autotune(cache=...) does on entry
+        print(t.choose_one("x", [], None, [])[1], len(t.loaded))
+    """, FAKE_GPU="NVIDIA H100").stdout.split()
+    assert out == ["['k-h100']", "2"]
+
+
+def test_switch_off_keeps_flashinfer_untouched_but_still_chains(world):
+    out = run(world, """
+        import os
+        import flashinfer.autotuner as a
+        print(os.environ.get("CHAINED_RAN"), a.AutoTuner.get().choose_one("x", [], None, [])[1])
+    """, KERNEL_WARMUP_SITECUSTOMIZE="0").stdout.split()
+    assert out == ["1", "[]"]
+
+
+def test_errors_become_one_warning_line_never_an_exception(world):
+    proc = run(world, """
+        import flashinfer.autotuner as a
+        print(a.AutoTuner.get().choose_one("x", [], None, [])[1])
+    """, FAKE_LOAD_RAISES="1")
+    assert proc.stdout.strip() == "[]"
+    assert "kernel-warmup sitecustomize: warning: could not load" in proc.stderr and "boom" in proc.stderr
+
+
+def test_missing_cache_dir_is_harmless(world):
+    proc = run(world, """
+        import flashinfer.autotuner as a
+        print(a.AutoTuner.get().choose_one("x", [], None, [])[1])
+    """, KERNEL_WARMUP_FLASHINFER_DIR="/nonexistent/flashinfer")
+    assert proc.stdout.strip() == "[]"
+    assert "no tactic file" in proc.stderr
