@@ -1,0 +1,138 @@
+"""The CLI as the operator and users call it: plan JSON, errors that name the field, spec
+input, termination message, failure policy, and a `check` that never imports torch/triton."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "tests" / "fixtures" / "configs"
+
+
+def warmer(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    e = dict(os.environ, PYTHONPATH=str(ROOT / "initcontainer"))
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kernel_warmer", *args], capture_output=True, text=True,
+                          env=e, check=check, timeout=300)
+
+
+def test_plan_json_shape():
+    out = warmer("plan", "--model-config", str(CONFIGS / "gemma2-9b.json"), "-tp", "2", "--json", check=True)
+    doc = json.loads(out.stdout)
+    assert [v["sliding_window"] for v in doc["triton_variants"]] == [[4095, 0], [-1, -1]]
+    for v in doc["triton_variants"]:
+        assert set(v) == {"num_heads", "num_kv_heads", "head_size", "scale", "softcap", "sliding_window", "dtype"}
+    assert doc["skipped_layers"] == []
+    assert "autotune_ops" in doc and "skipped_ops" in doc
+
+
+def test_plan_skipped_layers_in_json():
+    doc = json.loads(warmer("plan", "--model-config", str(CONFIGS / "gpt-oss-20b.json"), "--json",
+                            check=True).stdout)
+    assert doc["triton_variants"] == [] and doc["skipped_layers"][0] == {"layer": 0, "reason": "sinks"}
+
+
+def test_plan_error_names_the_field_and_exits_2():
+    out = warmer("plan", "--model-config", str(CONFIGS / "llama3-8b.json"), "-tp", "3", "--json")
+    assert out.returncode == 2
+    assert "'num_attention_heads'" in out.stderr and "tensor-parallel size 3" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_plan_missing_file_and_bad_json(tmp_path):
+    out = warmer("plan", "--model-config", str(tmp_path / "nope.json"))
+    assert out.returncode == 2 and "cannot read" in out.stderr
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    out = warmer("plan", "--model-config", str(tmp_path))
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+
+
+def test_plan_requires_exactly_one_source():
+    out = warmer("plan")
+    assert out.returncode == 2 and "exactly one of --model-config" in out.stderr
+
+
+def test_plan_file_json_and_yaml(tmp_path):
+    layers = [{"numHeads": 8, "numKvHeads": 2, "headSize": 64, "count": 4, "slidingWindow": 128},
+              {"numHeads": 8, "numKvHeads": 2, "headSize": 64, "sinks": True}]
+    (tmp_path / "p.json").write_text(json.dumps({"layers": layers, "hiddenSize": 512}))
+    doc = json.loads(warmer("plan", "--plan", str(tmp_path / "p.json"), "--json", check=True).stdout)
+    assert [v["sliding_window"] for v in doc["triton_variants"]] == [[127, 0]]
+    assert doc["skipped_layers"] == [{"layer": 4, "reason": "sinks"}]
+    yaml = pytest.importorskip("yaml")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(layers))
+    doc2 = json.loads(warmer("plan", "--plan", str(tmp_path / "p.yaml"), "--json", check=True).stdout)
+    assert doc2["triton_variants"] == doc["triton_variants"]
+    (tmp_path / "bad.json").write_text(json.dumps({"layers": [{"numHeads": 8, "headSize": 64}]}))
+    out = warmer("plan", "--plan", str(tmp_path / "bad.json"))
+    assert out.returncode == 2 and "plan.layers[0].numKvHeads" in out.stderr
+
+
+def test_spec_env_is_how_the_operator_starts_it(tmp_path):
+    spec = {"model": {"configPath": str(CONFIGS / "mistral-7b-v0.1.json")}, "tensorParallelSize": 4,
+            "cacheDir": str(tmp_path)}
+    out = warmer("plan", "--spec-env", "KERNEL_WARMER_SPEC", "--json", env={"KERNEL_WARMER_SPEC": json.dumps(spec)},
+                 check=True)
+    (v,) = json.loads(out.stdout)["triton_variants"]
+    assert (v["num_heads"], v["num_kv_heads"], v["sliding_window"]) == (8, 2, [4095, 0])
+    out = warmer("plan", "--spec-env", "KERNEL_WARMER_SPEC", env={"KERNEL_WARMER_SPEC": '{"model": {}}'})
+    assert out.returncode == 2 and "configPath" in out.stderr
+
+
+def test_run_failure_writes_summary_and_policy_decides_exit(tmp_path):
+    log = tmp_path / "termination-log"
+    args = ["run", "--model-config", str(CONFIGS / "llama3-8b.json"), "-tp", "3", "--cache-dir",
+            str(tmp_path / "c"), "--termination-log", str(log), "--target", "sm_90"]
+    out = warmer(*args)
+    assert out.returncode == 1
+    summary = json.loads(out.stdout)
+    assert summary["status"] == "failed" and "num_attention_heads" in summary["error"]
+    assert json.loads(log.read_text())["status"] == "failed"
+    out = warmer(*args, "--failure-policy", "ignore")
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "failed"
+
+
+def test_termination_log_skipped_when_folder_absent(tmp_path):
+    out = warmer("run", "--model-config", str(CONFIGS / "gpt-oss-20b.json"), "--cache-dir", str(tmp_path / "c"),
+                 "--termination-log", str(tmp_path / "no" / "such" / "log"), "--target", "sm_90", "--no-flashinfer")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert s["status"] == "ok" and s["triton"]["skipped"] == 24 and s["triton"]["compiled"] == 0
+
+
+def test_compile_only_needs_target():
+    out = warmer("check", "--model-config", str(CONFIGS / "llama3-8b.json"), "--compile-only")
+    assert out.returncode == 2 and "--target" in out.stderr
+    # run still reports through a summary (the operator reads it), and fails
+    out = warmer("run", "--model-config", str(CONFIGS / "llama3-8b.json"), "--compile-only",
+                 "--termination-log", "/nonexistent/log")
+    assert out.returncode == 1 and "--target" in json.loads(out.stdout)["error"]
+
+
+CHECK_NO_HEAVY = """
+import sys, time
+t = time.monotonic()
+from kernel_warmer.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "triton", "numpy", "flashinfer", "vllm") if m in sys.modules)
+print("RESULT", rc, heavy, round(time.monotonic() - t, 3))
+"""
+
+
+def test_check_is_cold_fast_and_imports_no_torch_or_triton(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CHECK_NO_HEAVY, "check", "--model-config",
+                          str(CONFIGS / "gemma2-9b.json"), "--cache-dir", str(tmp_path), "--target", "sm_90"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "initcontainer")),
+                         timeout=60)
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][0]
+    _, rc, rest = line.split(" ", 2)
+    assert rc == "1" and rest.startswith("[]"), out.stdout + out.stderr
+    assert float(rest.rsplit(" ", 1)[1]) < 1.0
