@@ -252,7 +252,9 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
     outcomes = run_local_workers(job, gpus, spec=spec.distributed,
                                  timeout_s=float(spec.distributed.timeout_seconds),
-                                 total_timeout_s=float(spec.timeout_seconds))
+                                 total_timeout_s=float(spec.timeout_seconds),
+                                 # a long cuDNN plan build can hold the GIL on rank 0 for a while
+                                 stale_after_s=60.0)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         msgs = "; ".join(f"local rank {o.local_rank}: {o.error or f'exit {o.exitcode}'}" for o in failed)

@@ -1,0 +1,106 @@
+"""Cold FlashInfer tune (the warmer's real path) vs a fresh serving process that loads the
+warmed file through the sitecustomize. One GPU. Prints the ratio; logs go to $OUT.
+
+    python bench/bench_autotune.py [--max-tokens 1024] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fi_common import ROOT, Log, card, dump, llama_arch, spec_for, table
+
+
+def probe(ops_json: str) -> None:
+    """Fresh 'serving' process: run every planned op inside autotune(True); FlashInfer
+    profiles only what it cannot find, so no new profile == every bucket was a hit."""
+    import torch
+
+    import flashinfer.autotuner as fa
+    from kernel_warmer.autotune import BF16_BACKENDS, _run_gemm
+    from kernel_warmer.autotune_plan import AutoTuneOp
+
+    ops = [AutoTuneOp(**o) for o in json.loads(ops_json)]
+    dev = torch.device("cuda", 0)
+    torch.ones(1, device=dev)  # CUDA up before timing, as in a server that loaded weights
+    tuner = fa.AutoTuner.get()
+    start = time.monotonic()
+    with fa.autotune(tune_mode=True):
+        for op in ops:
+            for b in BF16_BACKENDS:
+                _run_gemm(op, b, dev)
+    torch.cuda.synchronize()
+    secs = time.monotonic() - start
+    state = getattr(fa, "_kernel_warmup_state", {})
+    print(json.dumps({"seconds": secs, "new_profiles": dict(tuner.stats.tuned_op_successful_configs),
+                      "dirty": bool(tuner._dirty), "loaded": state.get("loaded"),
+                      "file_configs": len(tuner._file_configs)}))
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON last")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.probe:
+        probe(args.probe)
+        return {}
+
+    from kernel_warmer.autotune import run_phase
+    from kernel_warmer.autotune_plan import plan_ops
+    from kernel_warmer.cache import CacheLayout
+
+    log = Log("bench_autotune.log")
+    root = Path(tempfile.mkdtemp(prefix="kw-fi-bench-"))
+    arch = llama_arch()
+    spec = spec_for(args.max_tokens, 1, str(root))
+    t0 = time.monotonic()
+    summary = run_phase(spec, arch, CacheLayout(root), log)
+    cold_wall = time.monotonic() - t0
+    log(f"cold summary: {json.dumps(summary)}")
+    assert summary.get("status") == "ok", summary
+    ops, _ = plan_ops(arch, 1, args.max_tokens, "none", None)
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "initcontainer" / "serving_site"), str(ROOT / "initcontainer"),
+                                         env.get("PYTHONPATH", "")])
+    env["KERNEL_WARMUP_FLASHINFER_DIR"] = str(root / "flashinfer")
+    res = subprocess.run([sys.executable, __file__, "--probe", json.dumps([o.to_dict() for o in ops])],
+                         env=env, capture_output=True, text=True, timeout=900)
+    log(f"warm probe stderr tail:\n{res.stderr[-4000:]}")
+    assert res.returncode == 0, res.stderr[-4000:]
+    warm = json.loads(res.stdout.strip().splitlines()[-1])
+    log(f"warm probe: {json.dumps(warm)}")
+
+    cold = float(summary["tune_seconds"])
+    result = {
+        "card": card(), "max_tokens": args.max_tokens, "ops": len(ops),
+        "cold_tune_s": cold, "cold_phase_wall_s": cold_wall, "warm_s": warm["seconds"],
+        "warm_over_cold": warm["seconds"] / cold if cold else None,
+        "all_hits": not warm["dirty"] and not warm["new_profiles"], "loaded": warm["loaded"],
+        "env_key": summary["env_key"], "file_sha256": summary["sha256"], "bytes": summary["bytes"],
+    }
+    dump("bench_autotune.json", result)
+    print(table([
+        ("card", result["card"]),
+        ("model / M max", f"Llama-3-8B bf16 tp1, {len(ops)} GEMM shapes x 2 backends, M<={args.max_tokens}"),
+        ("cold tune (rank 0, in warmer)", f"{cold:.2f} s  (whole phase {cold_wall:.2f} s)"),
+        ("fresh process + sitecustomize", f"{warm['seconds']:.3f} s"),
+        ("ratio warm/cold", f"{result['warm_over_cold']:.4f}  ({1 / result['warm_over_cold']:.0f}x faster)"),
+        ("every shape a cache hit", str(result["all_hits"])),
+    ]))
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
