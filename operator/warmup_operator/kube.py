@@ -32,11 +32,21 @@ class Kube:
 
     def _call(self, method: str, path: str, *, body: Any = None, query: Optional[list] = None,
               content_type: str = "application/json") -> Any:
-        return self.client.call_api(
-            path, method, query_params=query or [], header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body, response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True,
-            _preload_content=True,
-        )
+        """One request through the client's auth and TLS; raises ApiException on >= 400."""
+        import json
+
+        _, url, headers, _, _ = self.client.param_serialize(
+            method, path, query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        resp = self.client.call_api(method, url, header_params=headers,
+                                    body=body,
+                                    _request_timeout=(10, 60))
+        data = resp.read()
+        if resp.status >= 400:
+            raise self._kubernetes.client.exceptions.ApiException(
+                status=resp.status, reason=resp.reason, body=data.decode(errors="replace") if data else "")
+        return json.loads(data) if data else None
 
     def get_workload(self, kind: WorkloadKind, namespace: str, name: str) -> Optional[dict]:
         try:

@@ -234,7 +234,7 @@ def _describe(obs: WarmupObservation) -> str:
 
 
 def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="kernel-warmup-operator", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="kernel-warmup-operator", description="Inject kernel warmup into the workloads that KernelWarmup resources select.")
     ap.add_argument("--namespace", "-n", action="append", default=[],
                     help="watch only this namespace (repeatable); default: the whole cluster")
     ap.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
