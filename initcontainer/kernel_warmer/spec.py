@@ -1,0 +1,213 @@
+"""The contract between the operator and the warmer.
+
+The operator renders a KernelWarmup's spec into a ``WarmerSpec`` and hands it to the init
+container as JSON (env ``KERNEL_WARMER_SPEC``); the warmer parses it back here. The warmer
+owns this model because it consumes it, and it is stdlib-only so the package can be copied
+into any serving image. Parsing errors name the offending field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+SPEC_ENV = "KERNEL_WARMER_SPEC"
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+Quantization = Literal["auto", "none", "fp8", "nvfp4"]
+FailurePolicy = Literal["Ignore", "Fail"]
+Provider = Literal["auto", "builtin", "vllm"]
+
+
+class SpecError(ValueError):
+    """A spec field is missing or wrong; ``field`` is its dotted path."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field = field_path
+        super().__init__(f"{field_path}: {message}")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One attention layer given explicitly instead of through a config.json."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    count: int = 1
+    # Sliding window in tokens (None: full attention).
+    sliding_window: Optional[int] = None
+    softcap: float = 0.0
+    scale: Optional[float] = None
+    # Features the NVFP4 pure-prefill path does not take: such layers are skipped.
+    sinks: bool = False
+    alibi: bool = False
+    kv_sharing: bool = False
+    chunked_lookback: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model's shapes come from: a config.json path, or explicit layers."""
+
+    config_path: Optional[str] = None
+    layers: Optional[list[LayerSpec]] = None
+    # Linear-layer shapes for FlashInfer when only explicit layers are given.
+    hidden_size: Optional[int] = None
+    intermediate_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if (self.config_path is None) == (self.layers is None):
+            raise SpecError("configPath", "set exactly one of configPath or layers")
+
+
+@dataclass(frozen=True)
+class TritonSection:
+    enabled: bool = True
+    provider: Provider = "auto"
+    # Compile for this arch without a GPU ("sm_90"); None compiles on the pod's GPUs.
+    compile_only_target: Optional[str] = None
+    # Parallel workers; 0 picks from visible GPUs and CPU cores.
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class FlashInferSection:
+    enabled: bool = True
+    quantization: Quantization = "auto"
+    max_num_batched_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise SpecError("maxNumBatchedTokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DistributedSection:
+    """Cross-pod worlds; unset fields are read from the pod's environment."""
+
+    world_size: Optional[int] = None
+    rank: Optional[int] = None
+    master_addr: Optional[str] = None
+    master_port: int = 29551
+    timeout_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class WarmerSpec:
+    model: ModelSource
+    cache_dir: str = "/kernel-warmup-cache"
+    tensor_parallel_size: int = 1
+    dtype: Dtype = "auto"
+    triton: TritonSection = field(default_factory=TritonSection)
+    flashinfer: FlashInferSection = field(default_factory=FlashInferSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+    failure_policy: FailurePolicy = "Fail"
+    timeout_seconds: int = 1800
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise SpecError("tensorParallelSize", "must be >= 1")
+        if self.timeout_seconds < 1:
+            raise SpecError("timeoutSeconds", "must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _dump(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "WarmerSpec":
+        return _load(cls, data, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> "WarmerSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError("<spec>", f"not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+# --- camelCase (the CR's and the wire's spelling) <-> snake_case (Python's) -----------
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _dump(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is not None:
+                out[camel(f.name)] = _dump(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_dump(v) for v in obj]
+    return obj
+
+
+def _load(tp: Any, data: Any, path: str) -> Any:
+    where = path or "<spec>"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if data is None:
+            return None
+        return _load(args[0], data, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if data not in allowed:
+            raise SpecError(where, f"must be one of {', '.join(map(str, allowed))}, got {data!r}")
+        return data
+    if origin is list:
+        if not isinstance(data, list):
+            raise SpecError(where, f"must be a list, got {type(data).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_load(item, v, f"{path}[{i}]") for i, v in enumerate(data)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise SpecError(where, f"must be an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        known = {camel(f.name): f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise SpecError(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        kwargs = {}
+        for key, f in known.items():
+            sub = f"{path}.{key}" if path else key
+            if key in data:
+                kwargs[f.name] = _load(hints[f.name], data[key], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(sub, "is required")
+        try:
+            return tp(**kwargs)
+        except SpecError as exc:  # raised by __post_init__ with a field relative to tp
+            if not path:
+                raise
+            raise SpecError(f"{path}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+    if tp is bool:
+        if not isinstance(data, bool):
+            raise SpecError(where, f"must be true or false, got {data!r}")
+        return data
+    if tp is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise SpecError(where, f"must be an integer, got {data!r}")
+        return data
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise SpecError(where, f"must be a number, got {data!r}")
+        return float(data)
+    if tp is str:
+        if not isinstance(data, str):
+            raise SpecError(where, f"must be a string, got {data!r}")
+        return data
+    raise TypeError(f"unsupported type {tp!r} at {where}")  # a bug in this module, not input
