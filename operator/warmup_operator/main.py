@@ -256,6 +256,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     CONFIG["bootstrap_image"] = args.bootstrap_image
     fmt = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}[args.log_format]
     kopf.configure(verbose=args.verbose, log_format=fmt)
+    if not args.verbose:  # kopf logs every handler run at INFO; keep the operator's own lines
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port)
