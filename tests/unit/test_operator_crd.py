@@ -144,3 +144,26 @@ def test_walker_notices_a_missing_nested_field(crd):
     walk(WarmerSpec, schema, "spec", missing, defaults)
     assert missing == ["spec.model.layers.chunkedLookback"]
     assert ("spec.flashinfer.maxNumBatchedTokens", 8192, 1) in defaults
+
+
+def _schema_nodes(node, path="schema"):
+    if isinstance(node, dict):
+        for k, v in (node.get("properties") or {}).items():
+            yield f"{path}.{k}", v
+            yield from _schema_nodes(v, f"{path}.{k}")
+        if isinstance(node.get("items"), dict):
+            yield from _schema_nodes(node["items"], f"{path}[]")
+
+
+def test_every_schema_node_is_a_typed_object(crd):
+    """Catches YAML slips (a comma inside an unquoted flow-mapping description makes a new key)."""
+    (v,) = crd["spec"]["versions"]
+    allowed = {"type", "description", "default", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum",
+               "minLength", "maxLength", "minItems", "maxItems", "items", "properties", "required", "format",
+               "additionalProperties", "x-kubernetes-validations", "x-kubernetes-list-type",
+               "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "x-kubernetes-preserve-unknown-fields",
+               "x-kubernetes-int-or-string"}
+    for path, node in _schema_nodes(v["schema"]["openAPIV3Schema"]):
+        assert isinstance(node, dict), path
+        assert set(node) <= allowed, (path, set(node) - allowed)
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), path
