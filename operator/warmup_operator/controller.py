@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from warmup_operator import metrics, names
+from warmup_operator.crspec import KernelWarmupSpec
 from warmup_operator.decide import CRRecord, Decision, decide
 from warmup_operator.status import StatusInputs, TargetState, WarmupObservation, compute_status, same_status
-from warmup_operator.targets import KINDS, LEADERWORKERSET, WorkloadKind, lists_are_keyed
+from warmup_operator.targets import KINDS, LEADERWORKERSET, WorkloadKind, lists_are_keyed, selects
 
 log = logging.getLogger("warmup_operator")
 
@@ -101,10 +102,14 @@ class Controller:
         return Outcome(d, applied=True)
 
     def reconcile_namespace(self, namespace: str, workloads: Iterable[tuple[WorkloadKind, Any]],
-                            crs: list[CRRecord]) -> list[Outcome]:
+                            crs: list[CRRecord], only_for: Optional[CRRecord] = None) -> list[Outcome]:
+        """Reconcile the namespace's workloads; with ``only_for``, just those that CR
+        selects or injected (no other workload's answer depends on it)."""
         out = []
         for kind, obj in workloads:
             if (obj.get("metadata") or {}).get("namespace") != namespace:
+                continue
+            if only_for is not None and not concerns(only_for, kind, obj):
                 continue
             out.append(self.reconcile_workload(kind, obj, crs))
         return out
@@ -114,7 +119,7 @@ class Controller:
         states = []
         for kind, obj in workloads:
             meta = obj.get("metadata") or {}
-            if meta.get("namespace") != cr.namespace:
+            if meta.get("namespace") != cr.namespace or not concerns(cr, kind, obj):
                 continue
             d = self._decide(kind, obj, crs)
             st = obj.get("status") or {}
@@ -136,6 +141,17 @@ class Controller:
         if not same_status(previous, new):
             self.kube.patch_cr_status(cr.namespace, cr.name, new)
         return new
+
+
+def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:
+    """Whether ``cr`` selects this workload or has injected it (cheap pre-filter)."""
+    if _owner_of(obj, kind) == cr.name:
+        return True
+    spec = cr.parsed()
+    if not isinstance(spec, KernelWarmupSpec):
+        return False
+    meta = obj.get("metadata") or {}
+    return selects(spec.targets, kind.kind, meta.get("name", ""), meta.get("labels") or {})
 
 
 def _owner_of(obj: Any, kind: WorkloadKind) -> Optional[str]:

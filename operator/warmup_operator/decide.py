@@ -7,6 +7,8 @@ and an answer of "none" (same hash already in place) is what keeps rollouts from
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -37,10 +39,16 @@ class CRRecord:
         )
 
     def parsed(self) -> Union[KernelWarmupSpec, SpecInvalid]:
-        try:
-            return parse_spec(self.spec)
-        except SpecInvalid as exc:
-            return exc
+        return _parse_cached(json.dumps(self.spec, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(spec_json: str) -> Union[KernelWarmupSpec, SpecInvalid]:
+    """Specs are parsed once per content: every workload event consults every CR."""
+    try:
+        return parse_spec(json.loads(spec_json))
+    except SpecInvalid as exc:
+        return exc
 
 
 @dataclass(frozen=True)

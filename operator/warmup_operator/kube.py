@@ -89,11 +89,14 @@ def new_api_client() -> Any:
     """In-cluster credentials when running in a Pod, else the kubeconfig."""
     import kubernetes
 
+    config = kubernetes.client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=config)
     else:
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=config)
+    # One connection per handler thread (kopf's executor), not urllib3's default of 4.
+    config.connection_pool_maxsize = int(os.environ.get("KERNEL_WARMUP_WORKERS", "16")) + 4
+    return kubernetes.client.ApiClient(config)
 
 
 def is_retryable(exc: BaseException) -> bool:

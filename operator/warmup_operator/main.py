@@ -137,7 +137,7 @@ def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmu
             _emit(cr_ref(record), "Warning", "InvalidSpec", str(parsed))
         raise kopf.PermanentError(str(parsed))
     crs = _crs(kw_index, namespace, override=record)
-    outcomes = ctl.reconcile_namespace(namespace, workloads, crs)
+    outcomes = ctl.reconcile_namespace(namespace, workloads, crs, only_for=record)
     errors = [o.error for o in outcomes if o.error]
     for o in outcomes:
         if o.decision.owner == record.name and o.decision.error and not o.applied:
@@ -174,7 +174,7 @@ def kw_deleted(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_
     record = CRRecord.from_body(body)
     crs = _crs(kw_index, namespace, exclude_uid=record.uid)
     workloads = _workloads(namespace, deploy_index=deploy_index, sts_index=sts_index, lws_index=lws_index)
-    outcomes = controller().reconcile_namespace(namespace, workloads, crs)
+    outcomes = controller().reconcile_namespace(namespace, workloads, crs, only_for=record)
     errors = [o.error for o in outcomes if o.error]
     if errors:
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""`make demo`: the operator end to end on the local control plane, then the injected
+warmer's own command run here in compile-only mode (no GPU), its summary written into the
+Pod's status as a kubelet would, and the KernelWarmup's status showing that warmup.
+
+    python devcluster/demo.py --kubeconfig .cluster/kubeconfig [--workdir .demo] [--target sm_90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / "devcluster")]
+
+import devcluster  # noqa: E402
+from warmup_operator import names  # noqa: E402
+from warmup_operator.localrun import OperatorProcess  # noqa: E402
+
+CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
+EXAMPLES = ROOT / "examples"
+LOCAL_CONFIG = EXAMPLES / "models/Meta-Llama-3.1-8B-Instruct/config.json"
+NS, DEPLOY, KW = "default", "vllm-llama", "llama-3-1-8b"
+
+
+def step(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: Path):
+        self.base = [str(devcluster.build()["kubectl"]), f"--kubeconfig={kubeconfig}"]
+
+    def __call__(self, *args: str, input: str | None = None, show: bool = False) -> str:
+        if show:
+            print("$ kubectl " + " ".join(args), flush=True)
+        out = subprocess.run([*self.base, *args], input=input, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise SystemExit(f"kubectl {' '.join(args)} failed:\n{out.stderr}")
+        if show:
+            print(out.stdout, end="", flush=True)
+        return out.stdout
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self(*args, "-o", "json"))
+
+
+def wait_for(what: str, fn, timeout_s: float = 90.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def dump(obj) -> str:
+    try:
+        import yaml
+        return yaml.safe_dump(obj, sort_keys=False, width=110)
+    except ImportError:
+        return json.dumps(obj, indent=2)
+
+
+def show_injection(template: dict) -> dict:
+    spec = template["spec"]
+    serving = next(c for c in spec["containers"] if c["name"] == "vllm")
+    view = {
+        "metadata.annotations": template["metadata"].get("annotations"),
+        "initContainers": [
+            {k: c.get(k) for k in ("name", "image", "command", "resources", "volumeMounts") if c.get(k)}
+            for c in spec.get("initContainers") or []],
+        "volumes": spec.get("volumes"),
+        "containers[vllm].env": serving.get("env"),
+        "containers[vllm].volumeMounts": serving.get("volumeMounts"),
+    }
+    print(dump(view))
+    warmer = next(c for c in spec["initContainers"] if c["name"] == names.WARMER_CONTAINER)
+    print("warmer spec (env KERNEL_WARMER_SPEC):")
+    spec_json = next(e["value"] for e in warmer["env"] if e["name"] == "KERNEL_WARMER_SPEC")
+    print(json.dumps(json.loads(spec_json), indent=2))
+    return warmer
+
+
+def run_warmer_locally(warmer: dict, work: Path, target: str) -> tuple[str, int, float]:
+    """The injected init container's own command and spec, with local paths."""
+    site = work / "kernel-warmup"
+    cache = work / "cache"
+    term = work / "termination-log"
+    cache.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # 1. What the bootstrap init container does in the Pod: lay out the warmer package.
+    boot = [sys.executable, *warmer_bootstrap_tail(), str(site)]
+    print("$ " + " ".join(boot), flush=True)
+    subprocess.run(boot, check=True, env=dict(env, PYTHONPATH=str(ROOT / "initcontainer")))
+    # 2. The warmer, with the injected env; the model volume and the cache are local here.
+    for e in warmer.get("env") or []:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+    spec = json.loads(env["KERNEL_WARMER_SPEC"])
+    spec["model"] = {"configPath": str(LOCAL_CONFIG)}
+    env["KERNEL_WARMER_SPEC"] = json.dumps(spec)
+    env["PYTHONPATH"] = str(site / "python")
+    env[names.ENV_TRITON_CACHE] = str(cache / "triton")
+    env[names.ENV_FLASHINFER_DIR] = str(cache / "flashinfer")
+    env[names.ENV_CACHE_ROOT] = str(cache)
+    cmd = [sys.executable, *warmer["command"][1:], "--compile-only", "--target", target,
+           "--cache-dir", str(cache), "--termination-log", str(term)]
+    print(f"(model.configPath -> {LOCAL_CONFIG.relative_to(ROOT)}, cacheDir -> {cache})")
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.monotonic()
+    rc = subprocess.run(cmd, env=env, cwd=work).returncode
+    return term.read_text() if term.exists() else "", rc, time.monotonic() - start
+
+
+def warmer_bootstrap_tail() -> list[str]:
+    from warmup_operator.inject import BOOTSTRAP_COMMAND
+    return BOOTSTRAP_COMMAND[1:-1]  # "-m kernel_warmer.bootstrap --dest"; the dest is local
+
+
+def write_pod_status(k: Kubectl, pod: dict, message: str, exit_code: int) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    statuses = []
+    for c in pod["spec"]["initContainers"]:
+        msg, rc = (message, exit_code) if c["name"] == names.WARMER_CONTAINER else ("", 0)
+        statuses.append({"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
+                         "state": {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error",
+                                                  "message": msg, "startedAt": now, "finishedAt": now}}})
+    k("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status", "--type=merge",
+      "-p", json.dumps({"status": {"initContainerStatuses": statuses}}), show=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kubeconfig", type=Path, required=True)
+    ap.add_argument("--workdir", type=Path, default=ROOT / ".demo")
+    ap.add_argument("--target", default="sm_90", help="GPU arch to compile for without a GPU")
+    args = ap.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    k = Kubectl(args.kubeconfig)
+
+    step("install the KernelWarmup CRD")
+    k("apply", "-f", str(CRD), show=True)
+    k("wait", "--for=condition=Established", "crd/kernelwarmups.kernelwarmup.dev", show=True)
+
+    step("start the operator (kernel-warmup-operator)")
+    op = OperatorProcess(args.kubeconfig, work / "operator.log", resync_seconds=2)
+    op.start()
+    print(f"operator running (pid {op.proc.pid}); log {op.log_path}; metrics :{op.metrics_port}")
+    try:
+        step("apply examples/: a vLLM Deployment and a KernelWarmup")
+        k("apply", "-f", str(EXAMPLES / "vllm-deployment.yaml"), show=True)
+        k("apply", "-f", str(EXAMPLES / "kernelwarmup.yaml"), show=True)
+
+        step("the operator injected the Deployment's pod template")
+        template = wait_for("injection", lambda: (t := k.json("get", "deployment", DEPLOY, "-n", NS)["spec"]["template"])
+                            and names.ANN_HASH in ((t.get("metadata") or {}).get("annotations") or {}) and t)
+        warmer = show_injection(template)
+        h = template["metadata"]["annotations"][names.ANN_HASH]
+        pod = wait_for("a Pod of the new ReplicaSet", lambda: next((
+            p for p in k.json("get", "pods", "-n", NS)["items"]
+            if (p["metadata"].get("annotations") or {}).get(names.ANN_HASH) == h), None))
+        k("get", "replicasets,pods", "-n", NS, show=True)
+
+        step(f"run the injected warmer's own command here, compile-only for {args.target}")
+        message, rc, secs = run_warmer_locally(warmer, work, args.target)
+        print(f"warmer exited {rc} after {secs:.1f}s; termination message ({len(message.encode())} bytes):\n{message}")
+        if not message:
+            raise SystemExit("the warmer wrote no termination message")
+
+        step("write the summary into the Pod's status, as a kubelet would")
+        write_pod_status(k, pod, message, rc)
+
+        step("the KernelWarmup's status shows that warmup")
+        wait_for("lastWarmup", lambda: (k.json("get", "kernelwarmup", KW, "-n", NS).get("status") or {})
+                 .get("lastWarmup", {}).get("pod") == pod["metadata"]["name"])
+        k("get", "kernelwarmups", "-n", NS, show=True)
+        status = k.json("get", "kernelwarmup", KW, "-n", NS)["status"]
+        print(dump({"status": status}))
+        events = [e for e in k.json("get", "events", "-n", NS)["items"]
+                  if e["involvedObject"].get("kind") in ("KernelWarmup", "Deployment")
+                  and e.get("source", {}).get("component", e.get("reportingComponent", "")) != "deployment-controller"]
+        print("events:")
+        for e in events:
+            print(f"  {e['involvedObject']['kind']}/{e['involvedObject']['name']}: {e['type']} {e['reason']}: {e['message']}")
+        print("\nmetrics:")
+        for line in op.metrics().splitlines():
+            if line.startswith("kernel_warmup_") and not line.startswith("kernel_warmup_warmup_seconds_bucket"):
+                print("  " + line)
+    finally:
+        op.stop()
+    print(f"\ndemo done; cache in {work / 'cache'}; `make cluster-down` stops the control plane")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
