@@ -42,25 +42,41 @@ def _candidate_files(root):
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _mismatches(saved, current):
+    """FlashInfer's own rule (load_configs): every tracked field equal, or "*" saved."""
+    if not isinstance(saved, dict):
+        saved = {}
+    return {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) not in (v, "*")}
+
+
 def load_matching(autotuner_module, root):
-    """Load every file whose ``_metadata`` matches this process; returns the paths loaded."""
+    """Load every file whose ``_metadata`` matches this process; returns the paths loaded
+    and, for files that did not match, why (field: saved vs current).
+
+    Uses only names that ``flashinfer.autotuner`` exports (``_collect_metadata``,
+    ``_METADATA_KEY``, ``AutoTuner``); the mismatch rule is re-stated above because
+    FlashInfer does not export its helper for it.
+    """
     import json
 
     current = autotuner_module._collect_metadata()
     tuner = autotuner_module.AutoTuner.get()
-    loaded = []
+    loaded, rejected = [], {}
     for path in _candidate_files(root):
         try:
             with open(path) as f:
                 meta = json.load(f).get(autotuner_module._METADATA_KEY) or {}
-            hard, soft = autotuner_module._classify_metadata_mismatches(meta, current)
-            if hard or soft:
+            diff = _mismatches(meta, current)
+            if diff:
+                rejected[path] = diff
                 continue
             if tuner.load_configs(path):
                 loaded.append(path)
+            else:
+                rejected[path] = {"load_configs": (True, False)}
         except Exception as exc:  # noqa: BLE001
             _warn(f"could not load {path}: {type(exc).__name__}: {exc}")
-    return loaded
+    return loaded, rejected
 
 
 def _patch(module):
@@ -81,11 +97,17 @@ def _patch(module):
         with lock:
             try:
                 before = set(tuner._file_configs)
-                state["loaded"] = load_matching(module, root)
+                state["loaded"], rejected = load_matching(module, root)
                 added = set(tuner._file_configs) - before
                 state["sentinel"] = next(iter(added), None)
+                state["rejected"] = rejected
                 if not state["loaded"] and os.environ.get("KERNEL_WARMUP_QUIET") != "1":
-                    _warn(f"no tactic file in {root} matches this environment; FlashInfer will tune")
+                    why = "; ".join(
+                        f"{p}: " + ", ".join(f"{k} saved={a} current={b}" for k, (a, b) in d.items())
+                        for p, d in rejected.items()
+                    )
+                    _warn(f"no tactic file in {root} matches this environment; FlashInfer will tune"
+                          + (f" ({why})" if why else ""))
             except Exception as exc:  # noqa: BLE001
                 state["loaded"], state["sentinel"] = [], None
                 _warn(f"loading tactics failed: {type(exc).__name__}: {exc}")

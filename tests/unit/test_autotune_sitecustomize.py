@@ -13,15 +13,15 @@ import pytest
 
 SITE = Path(__file__).resolve().parents[2] / "initcontainer" / "serving_site"
 
+# Mirrors what flashinfer 0.6.18's `flashinfer.autotuner` package exports (its
+# __init__ re-exports AutoTuner, _METADATA_KEY and _collect_metadata, and nothing else
+# the sitecustomize may use).
 FAKE_AUTOTUNER = '''
 import json, os
 _METADATA_KEY = "_metadata"
 IMPORTED = True
 def _collect_metadata():
     return {"flashinfer_version": "9.9", "gpu": os.environ.get("FAKE_GPU", "NVIDIA H200")}
-def _classify_metadata_mismatches(saved, current):
-    hard = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) not in (v, "*")}
-    return hard, {}
 class AutoTuner:
     _instance = None
     def __init__(self):
