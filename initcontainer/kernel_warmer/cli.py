@@ -9,6 +9,7 @@ WarmerSpec, how the operator-injected init container is started). Flags given ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -210,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         policy_ignore = getattr(args, "failure_policy", None) == "ignore"
         _finish(summary, args.termination_log)
         return EXIT_OK if policy_ignore else EXIT_FAILED
-    summary = run(spec, _log, sequential=args.sequential)
+    with _stdout_to_stderr():
+        summary = run(spec, _log, sequential=args.sequential)
     _finish(summary, args.termination_log)
     if summary.status == "failed":
         _log(f"failed: {summary.error}")
@@ -219,6 +221,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_OK
         return EXIT_FAILED
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Keep stdout for the summary alone: libraries (FlashInfer prints cuDNN handle
+    messages) and worker processes inherit fd 1, so point it at stderr while they work."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _finish(summary, termination_log: str) -> None:

@@ -136,3 +136,21 @@ def test_check_is_cold_fast_and_imports_no_torch_or_triton(tmp_path):
     _, rc, rest = line.split(" ", 2)
     assert rc == "1" and rest.startswith("[]"), out.stdout + out.stderr
     assert float(rest.rsplit(" ", 1)[1]) < 1.0
+
+
+def test_run_keeps_stdout_for_the_summary_alone():
+    """Libraries and workers write to fd 1 (FlashInfer prints cuDNN handle lines there,
+    seen on an H200): during the work fd 1 points at stderr, so stdout is one JSON doc."""
+    code = (
+        "import os, sys\n"
+        "from kernel_warmer.cli import _stdout_to_stderr\n"
+        "with _stdout_to_stderr():\n"
+        "    os.write(1, b'noise from a C library\\n'); print('noise from python')\n"
+        "    import subprocess; subprocess.run(['echo', 'noise from a child'])\n"
+        "print('{\"status\": \"ok\"}')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "initcontainer"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout) == {"status": "ok"}
+    assert "noise from a C library" in out.stderr and "noise from a child" in out.stderr
+    assert "noise from python" in out.stderr
