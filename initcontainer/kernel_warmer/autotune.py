@@ -129,6 +129,29 @@ class TuneReport:
     seconds: float = 0.0
 
 
+def settle_workspace(device: Any, log: Callable[[str], None] = print) -> None:
+    """Bring FlashInfer's shared GEMM workspace to its steady size before tuning.
+
+    FlashInfer 0.6.18 keys a tactic by the shapes of all GEMM inputs, its shared
+    workspace buffer included, and that buffer grows (32 MiB -> 32 MiB + 256 B, seen on
+    H200) at the first cuDNN GEMM of a process. Tuned before the growth, the first op's
+    entries carried the small size and a serving process (whose start-up dummy run has
+    grown it) missed them. One small unplanned GEMM here puts every entry at the size a
+    serving process looks up with.
+    """
+    import torch
+
+    import flashinfer
+
+    try:
+        a = torch.randn(8, 256, device=device, dtype=torch.bfloat16)
+        b = torch.randn(256, 256, device=device, dtype=torch.bfloat16).t()
+        flashinfer.mm_bf16(a, b, backend="cudnn")
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - no cuDNN GEMM here: nothing to settle
+        log(f"flashinfer: workspace not settled ({type(exc).__name__}: {exc})")
+
+
 def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, arch_moe: Any,
              device: Any, log: Callable[[str], None] = print,
              bf16_backends: tuple[str, ...] = BF16_BACKENDS,
@@ -140,6 +163,7 @@ def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, ar
     backends = {"bf16_gemm": bf16_backends, "fp8_gemm": fp8_backends, "fp4_gemm": FP4_BACKENDS}
     report = TuneReport()
     t0 = time.monotonic()
+    settle_workspace(device, log)
     with autotune(tune_mode=True, cache=str(cache_path)):
         for op in ops:
             if op.op == MOE_OP:
