@@ -56,7 +56,7 @@ demo: setup cluster-up
 	$(PY) devcluster/demo.py --kubeconfig $(CLUSTER_DIR)/kubeconfig
 
 bench: setup
-	$(PY) bench/bench_triton_warmup.py --cpu-only
+	$(PY) bench/bench_triton_warmup.py --skip-gpu
 
 lint: setup
 	$(PY) -m compileall -q initcontainer operator tests bench devcluster scripts
