@@ -75,21 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Plans and spec files are hand-written and small; refuse big ones before parsing.
+MAX_PLAN_BYTES = 1 << 20
+
+
 def load_plan_file(path: str) -> ModelSource:
     """Explicit layers from JSON or YAML, parsed with the spec's field-naming errors."""
-    text = Path(path).read_text()
+    from .modelconfig import read_json_file, read_text_file
+
     if path.endswith((".yaml", ".yml")):
+        text = read_text_file(Path(path), "plan file", "--plan", MAX_PLAN_BYTES)
         try:
             import yaml
         except ImportError:
             raise UsageError(f"--plan {path}: YAML needs PyYAML, which is not importable here; "
                              "install it or give the plan as JSON") from None
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise UsageError(f"--plan {path}: not valid YAML ({str(exc)[:200]})") from None
     else:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--plan {path}: not valid JSON ({exc}); YAML files must end in .yaml/.yml") from None
+            data = read_json_file(Path(path), "plan file", "--plan", MAX_PLAN_BYTES)
+        except ConfigError as exc:
+            raise UsageError(f"{exc}; YAML files must end in .yaml/.yml"
+                             if "not valid JSON" in str(exc) else str(exc)) from None
     if isinstance(data, list):
         data = {"layers": data}
     return _load(ModelSource, data, "plan")
@@ -101,7 +111,9 @@ def spec_from_args(args: argparse.Namespace) -> WarmerSpec:
         raise UsageError("give exactly one of --model-config, --plan, --spec, --spec-env"
                          + (f" (got {', '.join('--' + s.replace('_', '-') for s in sources)})" if sources else ""))
     if args.spec:
-        spec = WarmerSpec.from_json(Path(args.spec).read_text())
+        from .modelconfig import read_text_file
+
+        spec = WarmerSpec.from_json(read_text_file(Path(args.spec), "spec file", "--spec", MAX_PLAN_BYTES))
     elif args.spec_env:
         text = os.environ.get(args.spec_env)
         if not text:

@@ -60,6 +60,8 @@ class ModelArch:
 # --- the parser ---------------------------------------------------------------------
 
 import json  # noqa: E402  (kept below the lead's dataclasses on purpose: one file, two parts)
+import math  # noqa: E402
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Union  # noqa: E402
 
@@ -115,17 +117,55 @@ def load_arch(source: Any, dtype_override: Optional[str] = None) -> ModelArch:
     return _arch_from_config(cfg, dtype_override)
 
 
+# Real config.json files are a few KB (the largest Hugging Face ones, with label maps, are
+# well under 1 MiB). Anything past this is refused before it is read or parsed, so a
+# hostile or mistaken path (a weights file, /dev/zero) cannot exhaust the init container.
+MAX_CONFIG_BYTES = 8 << 20
+# Bounds far above any real model, so absurd numbers fail here with the field's name
+# instead of as a memory error or a hang in the planner.
+MAX_HEADS = 1 << 16
+MAX_HEAD_SIZE = 1 << 13
+MAX_LAYERS = 1 << 16
+MAX_DIM = 1 << 24
+MAX_WINDOW = 1 << 31
+
+
+def read_text_file(path: Path, what: str, field_name: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """A small UTF-8 text file, its size checked before it is read; every failure is a
+    ``ConfigError(field_name, ...)`` that says which file and why."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise ConfigError(field_name, f"{path} is {size} bytes, over the {max_bytes >> 10} KiB limit "
+                                              f"for a {what}")
+            raw = f.read(max_bytes + 1)  # /dev/zero and pipes report size 0
+    except OSError as exc:
+        raise ConfigError(field_name, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise ConfigError(field_name, f"{path} is over the {max_bytes >> 10} KiB limit for a {what}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(field_name, f"{path} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+                                      f"a {what} must be UTF-8") from None
+
+
+def read_json_file(path: Path, what: str, field_name: str, max_bytes: int = MAX_CONFIG_BYTES) -> object:
+    """``read_text_file`` + JSON, hostile nesting included, as ``ConfigError``."""
+    text = read_text_file(path, what, field_name, max_bytes)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(field_name, f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(field_name, f"{path} nests too deeply to be a {what}") from None
+
+
 def read_config(path: Path) -> dict:
     if path.is_dir():
         path = path / "config.json"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError("<config.json>", f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError("<config.json>", f"{path} is not valid JSON: {exc}") from None
+    cfg = read_json_file(path, "model config.json", "<config.json>")
     if not isinstance(cfg, dict):
         raise ConfigError("<config.json>", f"{path} must hold a JSON object")
     return cfg
@@ -145,15 +185,23 @@ def _arch_from_layers(source: Any, dtype_override: Optional[str]) -> ModelArch:
     layers: list[AttentionLayer] = []
     for i, spec in enumerate(source.layers):
         where = f"layers[{i}]"
-        for name, value in (("numHeads", spec.num_heads), ("numKvHeads", spec.num_kv_heads),
-                            ("headSize", spec.head_size), ("count", spec.count)):
+        for name, value, limit in (("numHeads", spec.num_heads, MAX_HEADS), ("numKvHeads", spec.num_kv_heads, MAX_HEADS),
+                                   ("headSize", spec.head_size, MAX_HEAD_SIZE), ("count", spec.count, MAX_LAYERS)):
             if value < 1:
                 raise ConfigError(f"{where}.{name}", f"must be >= 1, got {value}")
+            if value > limit:
+                raise ConfigError(f"{where}.{name}", f"{value} is implausibly large (limit {limit})")
+        if len(layers) + spec.count > MAX_LAYERS:
+            raise ConfigError(f"{where}.count", f"the layers add up to more than {MAX_LAYERS}")
+        if spec.softcap:
+            _positive_number(spec.softcap, f"{where}.softcap", allow_zero=True)
+        if spec.scale is not None:
+            _positive_number(spec.scale, f"{where}.scale")
         if spec.num_heads % spec.num_kv_heads:
             raise ConfigError(f"{where}.numKvHeads",
                               f"{spec.num_kv_heads} does not divide numHeads {spec.num_heads}")
-        if spec.sliding_window is not None and spec.sliding_window < 1:
-            raise ConfigError(f"{where}.slidingWindow", f"must be >= 1 or null, got {spec.sliding_window}")
+        if spec.sliding_window is not None and not 1 <= spec.sliding_window <= MAX_WINDOW:
+            raise ConfigError(f"{where}.slidingWindow", f"must be in 1..{MAX_WINDOW} or null, got {spec.sliding_window}")
         reason = _feature_skip_reason(spec.sinks, spec.alibi, spec.kv_sharing, spec.chunked_lookback)
         for _ in range(spec.count):
             layers.append(AttentionLayer(
@@ -178,15 +226,27 @@ def _feature_skip_reason(sinks: bool, alibi: bool, kv_sharing: bool, chunked: bo
     return None
 
 
-def _int_field(cfg: dict, name: str, prefix: str, required: bool = True, minimum: int = 1) -> Optional[int]:
+def _int_field(cfg: dict, name: str, prefix: str, required: bool = True, minimum: int = 1,
+               maximum: int = MAX_DIM) -> Optional[int]:
     value = cfg.get(name)
     if value is None:
         if required:
             raise ConfigError(prefix + name, "is missing")
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(prefix + name, f"must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(prefix + name, f"must be an integer >= {minimum}, got {value!r:.80}")
+    if value > maximum:
+        raise ConfigError(prefix + name, f"{value!r:.40} is implausibly large (limit {maximum})")
     return value
+
+
+def _positive_number(value: Any, field_path: str, allow_zero: bool = False) -> float:
+    """A finite number (JSON's NaN/Infinity extensions are refused)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(field_path, f"must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r:.80}")
+    return float(value)
 
 
 def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
@@ -199,15 +259,15 @@ def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
         model_type = "gemma3_text"
     cfg = {**_TYPE_DEFAULTS.get(model_type, {}), **cfg}
 
-    heads = _int_field(cfg, "num_attention_heads", prefix)
-    layers_n = _int_field(cfg, "num_hidden_layers", prefix)
+    heads = _int_field(cfg, "num_attention_heads", prefix, maximum=MAX_HEADS)
+    layers_n = _int_field(cfg, "num_hidden_layers", prefix, maximum=MAX_LAYERS)
     hidden = _int_field(cfg, "hidden_size", prefix, required=False)
-    kv = _int_field(cfg, "num_key_value_heads", prefix, required=False)
+    kv = _int_field(cfg, "num_key_value_heads", prefix, required=False, maximum=MAX_HEADS)
     if kv is None:
         kv = 1 if cfg.get("multi_query") else heads
     if heads % kv:
         raise ConfigError(prefix + "num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}")
-    head_dim = _int_field(cfg, "head_dim", prefix, required=False)
+    head_dim = _int_field(cfg, "head_dim", prefix, required=False, maximum=MAX_HEAD_SIZE)
     if head_dim is None:
         if hidden is None:
             raise ConfigError(prefix + "head_dim", "is missing and hidden_size is missing too; set head_dim")
@@ -215,20 +275,20 @@ def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
             raise ConfigError(prefix + "head_dim",
                               f"is missing and hidden_size {hidden} is not divisible by num_attention_heads {heads}")
         head_dim = hidden // heads
+        if head_dim > MAX_HEAD_SIZE:
+            raise ConfigError(prefix + "head_dim", f"is missing and hidden_size {hidden} / num_attention_heads "
+                                                   f"{heads} = {head_dim} is implausibly large; set head_dim")
 
     qpas = cfg.get("query_pre_attn_scalar")
     if qpas is not None:
-        if isinstance(qpas, bool) or not isinstance(qpas, (int, float)) or qpas <= 0:
-            raise ConfigError(prefix + "query_pre_attn_scalar", f"must be a positive number, got {qpas!r}")
-        scale = float(qpas) ** -0.5
+        scale = _positive_number(qpas, prefix + "query_pre_attn_scalar") ** -0.5
     else:
         scale = float(head_dim) ** -0.5
 
     softcap = cfg.get("attn_logit_softcapping")
     if softcap is None:
         softcap = 0.0
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap < 0:
-        raise ConfigError(prefix + "attn_logit_softcapping", f"must be a number >= 0 or null, got {softcap!r}")
+    softcap = _positive_number(softcap, prefix + "attn_logit_softcapping", allow_zero=True)
 
     windows, skips = _layer_windows(cfg, prefix, model_type, layers_n)
 
@@ -262,8 +322,8 @@ def _layer_windows(cfg: dict, prefix: str, model_type: str, n: int) -> tuple[lis
     window = cfg.get("sliding_window")
     if window is None:
         window = cfg.get("interleaved_sliding_window")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-        raise ConfigError(prefix + "sliding_window", f"must be a positive integer or null, got {window!r}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW):
+        raise ConfigError(prefix + "sliding_window", f"must be an integer in 1..{MAX_WINDOW} or null, got {window!r:.80}")
     if cfg.get("use_sliding_window") is False:  # Qwen2 and friends ship a window they do not use
         window = None
 
@@ -332,9 +392,9 @@ def _moe(cfg: dict, prefix: str) -> Optional[MoE]:
     topk = _int_field(cfg, topk_field, prefix)
     size_field = "moe_intermediate_size" if cfg.get("moe_intermediate_size") else "intermediate_size"
     size = _int_field(cfg, size_field, prefix)
-    shared = cfg.get("shared_expert_intermediate_size") or 0
+    shared = _int_field(cfg, "shared_expert_intermediate_size", prefix, required=False, minimum=0) or 0
     if not shared and cfg.get("n_shared_experts"):
-        shared = int(cfg["n_shared_experts"]) * size
+        shared = (_int_field(cfg, "n_shared_experts", prefix, maximum=MAX_HEADS) or 0) * size
     return MoE(num_experts=experts, experts_per_token=topk, intermediate_size=size,
                shared_expert_intermediate_size=int(shared))
 

@@ -131,6 +131,8 @@ class WarmerSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError("<spec>", f"not valid JSON: {exc}") from None
+        except RecursionError:  # hostile nesting: an error naming the input, not a crash
+            raise SpecError("<spec>", "nests too deeply to be a warmer spec") from None
         return cls.from_dict(data)
 
 
