@@ -1,0 +1,97 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "kernel-warmup.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kernel-warmup.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kernel-warmup.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kernel-warmup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kernel-warmup.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kernel-warmup.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kernel-warmup.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kernel-warmup.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kernel-warmup.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The image of the bootstrap init container: the operator's own unless set. */}}
+{{- define "kernel-warmup.bootstrapImage" -}}
+{{- default (include "kernel-warmup.image" .) .Values.warmer.bootstrapImage }}
+{{- end }}
+
+{{/*
+The rules the operator needs on namespaced resources, in either scope. Each one names
+the code that uses it:
+- kernelwarmups list/watch: kopf's watch and index; patch: kopf's finalizer and
+  progress annotations. No get: neither kopf nor kube.py reads one KernelWarmup.
+- kernelwarmups/status patch: kube.Kube.patch_cr_status.
+- deployments, statefulsets, leaderworkersets: list/watch (kopf indexes and event
+  handlers), get (kube.Kube.get_workload, the fresh read before each write), patch
+  (kube.Kube.apply, server-side apply).
+- pods list/watch: the warmup index reads init-container termination messages.
+- events create: kopf.event (the operator's and kopf's own Events); kopf only POSTs.
+*/}}
+{{- define "kernel-warmup.namespacedRules" -}}
+- apiGroups: ["kernelwarmup.dev"]
+  resources: ["kernelwarmups"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["kernelwarmup.dev"]
+  resources: ["kernelwarmups/status"]
+  verbs: ["patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+Cluster-scoped reads, granted in either scope:
+- customresourcedefinitions list/watch: kopf notices CRDs appearing (a LeaderWorkerSet
+  CRD installed after the operator); get on the LeaderWorkerSet CRD only: the operator
+  checks that its pod-template lists are keyed before it server-side applies into one.
+*/}}
+{{- define "kernel-warmup.clusterReadRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["leaderworkersets.leaderworkerset.x-k8s.io"]
+  verbs: ["get"]
+{{- end }}

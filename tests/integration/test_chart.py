@@ -1,0 +1,318 @@
+"""The Helm chart against the real local control plane: lint/template, server-side
+dry-run, install, and the operator's integration scenario run with nothing but the
+chart's ServiceAccount (a TokenRequest token): the RBAC is sufficient, and removing any
+one of the tested rules makes the same operator fail with 403. Then upgrade and uninstall.
+
+There is no kubelet, so the chart's own operator Pod stays Pending; the operator runs
+here as a process, authenticated as that Pod would be.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import helmchart
+from operator_support import (apply, get, get_list, kernelwarmup, namespace, replicasets, simulate_init_termination,
+                              template_of, vllm_deployment, wait_for)
+from warmup_operator import names
+from warmup_operator.localrun import OperatorProcess
+
+pytestmark = pytest.mark.cluster
+CHART = helmchart.CHART
+NAMESPACED_VALUES = CHART / "ci" / "namespaced-values.yaml"
+RESYNC_S = 1.0
+RELEASE, RELEASE_NS = "kernel-warmup", "kernel-warmup-system"
+# What an operator that lacks a permission logs: the API server's RBAC denial (in a 403),
+# or kopf's own fallback warning when it may not list/watch something.
+DENIED = re.compile(r"cannot \w+ resource|Not enough permissions")
+
+
+def denied(verb: str, resource: str) -> re.Pattern:
+    """The RBAC denial of exactly this verb on this resource (quotes arrive escaped in JSON logs)."""
+    return re.compile(rf"cannot {verb} resource \W*{re.escape(resource)}\W")
+
+
+def denials(log: str) -> str:
+    return "\n".join(line for line in log.splitlines() if DENIED.search(line))[:4000]
+
+
+@pytest.fixture(scope="module")
+def tools(cluster) -> helmchart.Tools:
+    return helmchart.Tools(helm=cluster.helm, kubectl=cluster.kubectl, kubeconfig=cluster.kubeconfig)
+
+
+def render(tools, *args: str) -> list[dict]:
+    out = tools.helm_run("template", RELEASE, str(CHART), "--namespace", RELEASE_NS, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def rules_of(docs: list[dict]) -> list[dict]:
+    return [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
+
+
+def operator_as(tools, tmp: Path, release: str, release_ns: str, namespaces: tuple[str, ...] = ()) -> OperatorProcess:
+    """The operator process, authenticated only as the release's ServiceAccount."""
+    kubeconfig = helmchart.service_account_kubeconfig(tools, release_ns, helmchart.fullname(release), tmp / "sa-kubeconfig")
+    return OperatorProcess(kubeconfig, tmp / "operator.log", namespaces=namespaces, resync_seconds=RESYNC_S,
+                           bootstrap_image="registry.local/kernel-warmup:test")
+
+
+def can_i(tools, kubeconfig: Path, *args: str) -> bool:
+    r = tools.kubectl_run(f"--kubeconfig={kubeconfig}", "auth", "can-i", *args, check=False)
+    return r.stdout.strip() == "yes"
+
+
+def run_scenario(cluster, op: OperatorProcess, ns: str) -> None:
+    """The operator's integration scenario: inject into a Deployment, exactly one rollout,
+    status (and an Event) from a simulated warmer termination message, removal on delete."""
+    namespace(cluster, ns)
+    apply(cluster, vllm_deployment("llm", ns, labels={"warm": "yes"}))
+    original = wait_for("first ReplicaSet", lambda: replicasets(cluster, ns, "llm") and template_of(cluster, "llm", ns))
+    apply(cluster, kernelwarmup("kw", ns))
+    injected = wait_for("injection", lambda: (t := template_of(cluster, "llm", ns))
+                        and names.ANN_HASH in (t["metadata"].get("annotations") or {}) and t, timeout_s=30)
+    assert [c["name"] for c in injected["spec"]["initContainers"]] == ["fetch-model", *names.INIT_CONTAINERS]
+    wait_for("second ReplicaSet", lambda: len(replicasets(cluster, ns, "llm")) == 2, timeout_s=30)
+    pod = wait_for("a Pod with the warmer", lambda: next((
+        p for p in get_list(cluster, "pods", ns)
+        if (p["metadata"].get("annotations") or {}).get(names.ANN_INJECTED_BY) == "kw"), None), timeout_s=30)
+
+    from kernel_warmer.report import TritonCounts, WarmupSummary
+    summary = WarmupSummary(status="ok", seconds=7.5, cache_key="k", triton=TritonCounts(compiled=2, hit=0),
+                            flashinfer={"status": "ok", "tuned": 1}).compact_json()
+    simulate_init_termination(cluster, pod, summary)
+    lw = wait_for("lastWarmup in status", lambda: ((get(cluster, "kernelwarmup", "kw", ns) or {}).get("status") or {})
+                  .get("lastWarmup"), timeout_s=30)
+    assert lw["succeeded"] is True and lw["pod"] == pod["metadata"]["name"] and lw["seconds"] == 7.5
+    wait_for("WarmupSucceeded event", lambda: [e for e in get_list(cluster, "events", ns)
+                                               if e.get("reason") == "WarmupSucceeded"], timeout_s=30)
+    time.sleep(3 * RESYNC_S)  # same hash, no patch: still one rollout after resyncs
+    assert len(replicasets(cluster, ns, "llm")) == 2
+
+    cluster.kubectl_run("delete", "kernelwarmup", "kw", "-n", ns, "--wait=true", "--timeout=60s")
+    restored = wait_for("removal", lambda: (t := template_of(cluster, "llm", ns))
+                        and names.ANN_HASH not in (t["metadata"].get("annotations") or {}) and t, timeout_s=30)
+    assert restored == original
+    assert get(cluster, "kernelwarmup", "kw", ns) is None  # finalizer removed by the operator
+    assert op.healthy()
+
+
+# --- static checks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, NAMESPACED_VALUES], ids=["cluster-scope", "namespaced"])
+def test_lint_and_template(tools, values):
+    extra = ["-f", str(values)] if values else []
+    lint = tools.helm_run("lint", "--strict", str(CHART), *extra)
+    assert "0 chart(s) failed" in lint.stdout, lint.stdout
+    docs = render(tools, *extra)
+    kinds = sorted(d["kind"] for d in docs)
+    rules = rules_of(docs)
+    for r in rules:  # least privilege: nothing by wildcard
+        assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"], r
+    assert not any(r.get("resources") == ["secrets"] or "secrets" in r["resources"] for r in rules)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"] == {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["livenessProbe"]["httpGet"] == c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
+    assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"] and c["resources"]["requests"]
+    # The args parse with the operator's own CLI (no flag the operator does not have).
+    from warmup_operator.main import parse_args
+    parsed = parse_args(c["args"])
+    assert parsed.bootstrap_image == c["image"] and parsed.metrics_port == 9090
+    svc = next(d for d in docs if d["kind"] == "Service")
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    if values is None:
+        assert parsed.namespace == [] and parsed.log_format == "json"
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    else:
+        assert parsed.namespace == ["team-a", "team-b"] and parsed.log_format == "plain"
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "Role", "RoleBinding",
+                         "RoleBinding", "Service", "ServiceAccount"]
+        assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
+        # The one ClusterRole grants only cluster-scoped reads, nothing namespaced.
+        cr = next(d for d in docs if d["kind"] == "ClusterRole")
+        assert {res for r in cr["rules"] for res in r["resources"]} == {"customresourcedefinitions", "namespaces"}
+        assert {v for r in cr["rules"] for v in r["verbs"]} <= {"get", "list", "watch"}
+
+
+def test_bad_values_name_the_field(tools):
+    r = tools.helm_run("template", str(CHART), "--set", "operator.logFormat=xml", check=False)
+    assert r.returncode != 0 and "logFormat" in r.stderr, r.stderr
+    r = tools.helm_run("template", str(CHART), "--set", "watchNamespaces={Team_A}", check=False)
+    assert r.returncode != 0 and "watchNamespaces" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("values", [None, NAMESPACED_VALUES], ids=["cluster-scope", "namespaced"])
+def test_rendered_manifests_pass_server_dry_run(cluster, tools, values):
+    extra = ["-f", str(values)] if values else []
+    for ns in (RELEASE_NS, "team-a", "team-b"):
+        namespace(cluster, ns)
+    manifest = tools.helm_run("template", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--include-crds", *extra).stdout
+    out = tools.kubectl_run("apply", "--dry-run=server", "-f", "-", input=manifest).stdout
+    n_docs = len([d for d in yaml.safe_load_all(manifest) if d])
+    assert out.count("(server dry run)") == n_docs, out
+
+
+# --- install, and the operator as the chart's ServiceAccount --------------------------------
+
+
+@pytest.fixture(scope="module")
+def release(cluster, tools):
+    """The chart installed cluster-wide (the CRD from crds/ with it)."""
+    helmchart.install(tools, RELEASE, RELEASE_NS)
+    assert get(cluster, "crd", helmchart.CRD_NAME, "") is not None
+    return RELEASE
+
+
+def test_cluster_scope_rbac_runs_the_operator_scenario(cluster, tools, release, tmp_path):
+    op = operator_as(tools, tmp_path, release, RELEASE_NS)
+    whoami = tools.kubectl_run(f"--kubeconfig={op.kubeconfig}", "auth", "whoami", "-o", "json").stdout
+    assert json.loads(whoami)["status"]["userInfo"]["username"] == f"system:serviceaccount:{RELEASE_NS}:{helmchart.fullname(release)}"
+    # No admin rights: nothing beyond what the operator uses.
+    for denied in (["delete", "deployments", "-A"], ["create", "deployments", "-n", "default"], ["get", "secrets", "-A"],
+                   ["update", "kernelwarmups", "-A"], ["delete", "pods", "-A"], ["list", "namespaces"], ["*", "*"]):
+        assert not can_i(tools, op.kubeconfig, *denied), denied
+    with op:
+        run_scenario(cluster, op, "chart-cluster-scope")
+    log = op.log_path.read_text()
+    assert not DENIED.search(log), denials(log)
+
+
+def test_namespaced_scope_rbac_runs_the_operator_scenario(cluster, tools, release, tmp_path):
+    watched, other = namespace(cluster, "chart-team-a"), namespace(cluster, "chart-team-b")
+    rel, rel_ns = "kw-team", "kw-team-system"
+    helmchart.install(tools, rel, rel_ns, "--set", f"watchNamespaces={{{watched}}}")
+    op = operator_as(tools, tmp_path, rel, rel_ns, namespaces=(watched,))
+    assert can_i(tools, op.kubeconfig, "patch", "deployments", "-n", watched)
+    assert not can_i(tools, op.kubeconfig, "patch", "deployments", "-n", other)
+    assert not can_i(tools, op.kubeconfig, "list", "pods", "-A")
+    # A workload and a KernelWarmup outside the watched namespace: never touched.
+    apply(cluster, vllm_deployment("outside", other, labels={"warm": "yes"}))
+    apply(cluster, kernelwarmup("kw", other))
+    try:
+        with op:
+            run_scenario(cluster, op, watched)
+            assert names.ANN_HASH not in (template_of(cluster, "outside", other)["metadata"].get("annotations") or {})
+            assert not (get(cluster, "kernelwarmup", "kw", other)["metadata"].get("finalizers"))
+        log = op.log_path.read_text()
+        assert not DENIED.search(log), denials(log)
+    finally:
+        cluster.kubectl_run("delete", "kernelwarmup", "kw", "-n", other, "--wait=false", check=False)
+        tools.helm_run("uninstall", rel, "--namespace", rel_ns, "--wait", check=False)
+
+
+def _no_injection(cluster, ns: str, op: OperatorProcess) -> None:
+    time.sleep(2 * RESYNC_S)
+    assert names.ANN_HASH not in (template_of(cluster, "llm", ns)["metadata"].get("annotations") or {})
+    assert len(replicasets(cluster, ns, "llm")) == 1  # no rollout happened
+
+
+def _no_finalizer(cluster, ns: str, op: OperatorProcess) -> None:
+    time.sleep(2 * RESYNC_S)
+    assert not get(cluster, "kernelwarmup", "kw", ns)["metadata"].get("finalizers")
+
+
+def _no_events(cluster, ns: str, op: OperatorProcess) -> None:
+    time.sleep(2 * RESYNC_S)
+    mine = [e for e in get_list(cluster, "events", ns) if e["involvedObject"].get("kind") == "KernelWarmup"]
+    assert not mine, mine
+
+
+def _no_status(cluster, ns: str, op: OperatorProcess) -> None:
+    wait_for("injection", lambda: names.ANN_HASH in (template_of(cluster, "llm", ns)["metadata"].get("annotations") or {}))
+    time.sleep(3 * RESYNC_S)
+    assert not get(cluster, "kernelwarmup", "kw", ns).get("status")
+
+
+MISSING = [
+    # (scope, ClusterRole name suffix, apiGroup, resource, verb) to take away, and what else must not happen.
+    pytest.param("cluster", "", "apps", "deployments", "patch", _no_injection, id="deployments-patch"),
+    pytest.param("cluster", "", "apps", "deployments", "get", _no_injection, id="deployments-get"),
+    pytest.param("cluster", "", "kernelwarmup.dev", "kernelwarmups/status", "patch", _no_status, id="kernelwarmups-status-patch"),
+    pytest.param("cluster", "", "kernelwarmup.dev", "kernelwarmups", "patch", _no_finalizer, id="kernelwarmups-patch"),
+    pytest.param("cluster", "", "", "events", "create", _no_events, id="events-create"),
+    pytest.param("cluster", "", "", "pods", "watch", None, id="pods-watch"),
+    pytest.param("cluster", "", "apiextensions.k8s.io", "customresourcedefinitions", "watch", None, id="crds-watch"),
+    pytest.param("namespaced", "-cluster-read", "", "namespaces", "list", None, id="namespaced-namespaces-list"),
+]
+
+
+@pytest.mark.parametrize("scope,suffix,group,resource,verb,also", MISSING)
+def test_a_missing_permission_fails_the_operator(cluster, tools, release, tmp_path, scope, suffix, group, resource, verb, also):
+    """The chart with one verb taken out of its ClusterRole: the operator, run as its
+    ServiceAccount, is denied (a 403 or kopf's permission warning in its log), and the
+    scenario step that needs the verb does not happen."""
+    ns = namespace(cluster, f"chart-no-{resource.replace('/', '-')}-{verb}"[:63])
+    rel, rel_ns = "kw-missing", "kw-missing-system"
+    helmchart.install(tools, rel, rel_ns, *(["--set", f"watchNamespaces={{{ns}}}"] if scope == "namespaced" else []))
+    name = helmchart.fullname(rel) + suffix
+    role = json.loads(tools.kubectl_run("get", "clusterrole", name, "-o", "json").stdout)
+    hit = [r for r in role["rules"] if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]]
+    assert len(hit) == 1, f"the chart should grant {verb} on {resource} exactly once: {role['rules']}"
+    hit[0]["verbs"].remove(verb)
+    role["rules"] = [r for r in role["rules"] if r["verbs"]]
+    tools.kubectl_run("replace", "-f", "-", input=json.dumps(role))
+    op = operator_as(tools, tmp_path, rel, rel_ns, namespaces=(ns,) if scope == "namespaced" else ())
+    res, _, sub = resource.partition("/")
+    assert not can_i(tools, op.kubeconfig, verb, f"{res}.{group}" if group else res,
+                     *(["--subresource", sub] if sub else []), "-n", ns)
+    try:
+        with op:
+            apply(cluster, vllm_deployment("llm", ns, labels={"warm": "yes"}))
+            apply(cluster, kernelwarmup("kw", ns))
+            wait_for(f"the denial of {verb} {resource} in the operator's log",
+                     lambda: denied(verb, resource).search(op.log_path.read_text()), timeout_s=30)
+            if also is not None:
+                also(cluster, ns, op)
+    finally:
+        # Without the operator its finalizer would block deletion: drop it, then the release.
+        cluster.kubectl_run("patch", "kernelwarmup", "kw", "-n", ns, "--type=merge", "-p",
+                            '{"metadata":{"finalizers":null}}', check=False)
+        cluster.kubectl_run("delete", "kernelwarmup,deployment", "--all", "-n", ns, "--wait=true", "--timeout=30s", check=False)
+        tools.helm_run("uninstall", rel, "--namespace", rel_ns, "--wait", check=False)
+        print(f"---- operator log ({name} without {verb} {resource}): denials ----\n" + denials(op.log_path.read_text()))
+
+
+# --- upgrade and uninstall (last: it removes the release) ------------------------------------
+
+
+def test_upgrade_with_changed_values_then_uninstall_keeps_the_crd(cluster, tools, release):
+    fullname = helmchart.fullname(release)
+    up_ns = namespace(cluster, "chart-upgraded")
+    tools.helm_run("upgrade", release, str(CHART), "--namespace", RELEASE_NS, "--reuse-values",
+                   "--set", "operator.logFormat=plain", "--set", "resources.limits.memory=256Mi",
+                   "--set", f"watchNamespaces={{{up_ns}}}")
+    dep = get(cluster, "deployment", fullname, RELEASE_NS)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert "--log-format=plain" in c["args"] and f"--namespace={up_ns}" in c["args"]
+    assert c["resources"]["limits"]["memory"] == "256Mi"
+    # The scope change swapped the cluster-wide rules for a Role in the watched namespace.
+    assert get(cluster, "role", fullname, up_ns) is not None
+    assert get(cluster, "clusterrolebinding", fullname, "") is None
+    assert get(cluster, "clusterrolebinding", f"{fullname}-cluster-read", "") is not None
+    history = json.loads(tools.helm_run("history", release, "--namespace", RELEASE_NS, "-o", "json").stdout)
+    assert [h["revision"] for h in history] == [1, 2] and history[-1]["status"] == "deployed"
+
+    # A KernelWarmup left behind (no operator runs now, so no finalizer) outlives the release.
+    keep_ns = namespace(cluster, "chart-kept")
+    apply(cluster, kernelwarmup("kept", keep_ns))
+    tools.helm_run("uninstall", release, "--namespace", RELEASE_NS, "--wait")
+    for kind, name, ns in (("deployment", fullname, RELEASE_NS), ("serviceaccount", fullname, RELEASE_NS),
+                           ("service", f"{fullname}-metrics", RELEASE_NS), ("role", fullname, up_ns),
+                           ("clusterrole", f"{fullname}-cluster-read", "")):
+        assert get(cluster, kind, name, ns) is None, f"{kind}/{name} survived helm uninstall"
+    assert get(cluster, "crd", helmchart.CRD_NAME, "") is not None, "helm uninstall must keep the CRD (crds/)"
+    assert get(cluster, "kernelwarmup", "kept", keep_ns) is not None
+    cluster.kubectl_run("delete", "kernelwarmup", "kept", "-n", keep_ns)
