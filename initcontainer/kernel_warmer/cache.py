@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .faults import fault_point
+
+# atomic_write_bytes' temp files: ".<name>.<random>.tmp" next to the target.
+TEMP_GLOB = ".*.tmp"
+
 
 @dataclass(frozen=True)
 class CacheLayout:
@@ -49,6 +54,20 @@ class CacheLayout:
         for d in (self.triton_dir, self.manifests_dir, self.root / "flashinfer"):
             d.mkdir(parents=True, exist_ok=True)
 
+    def sweep_temp_files(self) -> list[Path]:
+        """Remove temp files a killed writer left (call with the lock held: then no live
+        writer of ours owns one). Only our own naming, only our own folders."""
+        removed = []
+        folders = [self.manifests_dir, *sorted((self.root / "flashinfer").glob("*"))]
+        for d in folders:
+            if not d.is_dir():
+                continue
+            for p in d.glob(TEMP_GLOB):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        return removed
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -71,6 +90,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("atomic-write")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

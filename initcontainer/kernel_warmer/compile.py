@@ -17,10 +17,12 @@ import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .faults import fault_point
 from .plan import TritonVariant
 
 
@@ -32,6 +34,9 @@ class VariantResult:
     files: list[str] = field(default_factory=list)  # Triton cache files of this variant
     error: Optional[str] = None
     device: str = ""
+    # errno of an OSError that failed it (a full or read-only cache volume is not a kernel bug)
+    os_errno: Optional[int] = None
+    os_filename: Optional[str] = None
 
     def to_dict(self) -> dict:
         d = {"variant": self.variant.label, "status": self.status, "seconds": round(self.seconds, 3)}
@@ -134,12 +139,26 @@ def compile_variant(variant: TritonVariant) -> VariantResult:
 
             _WORKER["provider"].launch(variant, _WORKER["device"])
             torch.cuda.synchronize()
-    except Exception:  # reported per variant; one bad variant must not hide the others
+    except Exception as exc:  # reported per variant; one bad variant must not hide the others
+        os_exc = _os_error_in(exc)
         return VariantResult(variant, "failed", time.monotonic() - start, error=traceback.format_exc(limit=6),
-                             device=_WORKER["device"])
+                             device=_WORKER["device"], os_errno=os_exc.errno if os_exc else None,
+                             os_filename=str(os_exc.filename) if os_exc and os_exc.filename else None)
+    fault_point("worker-compiled")
     files = sorted({f for _, fs in events for f in fs})
     status = "compiled" if any(not hit for hit, _ in events) else "hit"
     return VariantResult(variant, status, time.monotonic() - start, files=files, device=_WORKER["device"])
+
+
+def _os_error_in(exc: BaseException) -> Optional[OSError]:
+    """The OSError behind ``exc`` (itself, or along its cause/context chain)."""
+    seen = 0
+    cur: Optional[BaseException] = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return cur
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return None
 
 
 # --- parent side ---------------------------------------------------------------------
@@ -209,9 +228,14 @@ def compile_variants(
     log(f"triton: {len(variants)} variant(s) on {n} worker(s)"
         + (f" for {target} (compile-only)" if tgt else f" over {gpus} GPU(s)"))
     results: list[VariantResult] = []
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=worker_init,
-                             initargs=(queue, tgt, provider)) as pool:
-        for r in pool.map(compile_variant, variants):
-            results.append(r)
-            log(f"triton {r.status:8s} {r.seconds:6.2f}s [{r.device}] {r.variant.label}")
+    try:
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=worker_init,
+                                 initargs=(queue, tgt, provider)) as pool:
+            for r in pool.map(compile_variant, variants):
+                results.append(r)
+                log(f"triton {r.status:8s} {r.seconds:6.2f}s [{r.device}] {r.variant.label}")
+    except BrokenProcessPool:
+        raise RuntimeError(f"a Triton compile worker died (killed by a signal, often the out-of-memory killer) "
+                           f"after {len(results)} of {len(variants)} variant(s); raise the warmer's memory limit "
+                           f"or lower spec.triton.workers") from None
     return results

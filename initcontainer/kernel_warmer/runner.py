@@ -7,6 +7,7 @@ only when something must be compiled.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional
 from . import providers
 from .cache import CacheLayout, LockTimeout, file_lock
 from .envkey import EnvKey, compute_env_key
+from .faults import fault_point
 from .manifest import FileEntry, file_entries, manifest_key, repair, snapshot, verify, write_manifest
 from .modelconfig import ModelArch, load_arch
 from .plan import TritonPlan, plan_triton
@@ -92,6 +94,7 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
     """Warm the cache for ``spec``; never raises (the summary carries the failure)."""
     start = time.monotonic()
     summary = WarmupSummary()
+    layout: Optional[CacheLayout] = None
     try:
         r = resolve(spec)
         summary.cache_key = r.key
@@ -99,31 +102,76 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
         summary.details["skippedLayers"] = [s.to_dict() for s in r.triton.skipped][:64]
         summary.details["provider"] = r.provider
         layout = r.layout
-        layout.create()
         log(f"plan: {len(r.triton.variants)} triton variant(s), {len(r.triton.skipped)} layer(s) skipped, "
             f"provider {r.provider}, key {r.key[:12]}")
-        with file_lock(layout.lock_path, timeout_s=float(spec.timeout_seconds)) as waited:
-            if waited > 1.0:
-                log(f"cache lock: waited {waited:.1f}s for another warmer")
-            verdict = verify(layout, r.key)
-            if verdict.warm:
-                log(f"warm: {verdict.reason}")
-                summary.triton.hit = len(r.triton.variants) if spec.triton.enabled else 0
-                summary.flashinfer = {"status": "warm (manifest verified)"} if spec.flashinfer.enabled else {}
-                summary.details["warm"] = True
-            else:
-                log(f"cold: {verdict.reason}")
-                if verdict.bad_files:
-                    removed = repair(layout, r.key, verdict.bad_files)
-                    log(f"repair: removed {len(removed)} damaged entr(y/ies) before rebuilding")
-                _warm(r, summary, log, sequential)
+        if layout.root.is_dir() and not os.access(layout.root, os.W_OK):
+            _run_read_only(r, summary, log)
+        else:
+            layout.create()
+            with file_lock(layout.lock_path, timeout_s=float(spec.timeout_seconds)) as waited:
+                fault_point("locked")
+                if waited > 1.0:
+                    log(f"cache lock: waited {waited:.1f}s for another warmer")
+                stale = layout.sweep_temp_files()
+                if stale:
+                    log(f"repair: removed {len(stale)} temp file(s) a killed warmer left")
+                verdict = verify(layout, r.key)
+                if verdict.warm:
+                    _mark_warm(r, summary, verdict.reason, log)
+                else:
+                    log(f"cold: {verdict.reason}")
+                    if verdict.bad_files:
+                        removed = repair(layout, r.key, verdict.bad_files)
+                        log(f"repair: removed {len(removed)} damaged entr(y/ies) before rebuilding")
+                    _warm(r, summary, log, sequential)
     except LockTimeout as exc:
         summary.status, summary.error = "failed", str(exc)
+    except OSError as exc:
+        summary.status, summary.error = "failed", describe_os_error(exc, layout)
     except Exception as exc:  # the summary is the contract: report, never crash
         summary.status = "failed"
         summary.error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc.__cause__, OSError):
+            summary.error += f" ({describe_os_error(exc.__cause__, layout)})"
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def _mark_warm(r: Resolved, summary: WarmupSummary, reason: str, log: Log) -> None:
+    log(f"warm: {reason}")
+    summary.triton.hit = len(r.triton.variants) if r.spec.triton.enabled else 0
+    summary.flashinfer = {"status": "warm (manifest verified)"} if r.spec.flashinfer.enabled else {}
+    summary.details["warm"] = True
+
+
+def _run_read_only(r: Resolved, summary: WarmupSummary, log: Log) -> None:
+    """A read-only cache volume (e.g. a pre-warmed ReadOnlyMany PVC): nothing can be
+    written, so no lock is needed; warm is fine, cold is a clear failure."""
+    verdict = verify(r.layout, r.key)
+    if verdict.warm:
+        _mark_warm(r, summary, f"{verdict.reason} (read-only cache volume)", log)
+        return
+    summary.status = "failed"
+    summary.error = (f"cache volume {r.layout.root} is read-only and not warm for this plan ({verdict.reason}); "
+                     "mount it read-write for the warmer, or pre-warm it with this exact plan and environment")
+
+
+_VOLUME_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def describe_os_error(exc: OSError, layout: Optional[CacheLayout]) -> str:
+    """An I/O failure in words that say what to change (full volume, read-only mount)."""
+    where = f"cache volume {layout.root}" if layout is not None else "the cache volume"
+    name = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where} is full (ENOSPC{name}); nothing partial was recorded as warm. Give the volume more "
+                f"space (spec.cache emptyDir.sizeLimit or the PVC size) and restart the pod")
+    if exc.errno == errno.EROFS:
+        return f"{where} is read-only{name}; mount it read-write for the warmer"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"{where}: permission denied{name}; the warmer runs as the serving container's user, "
+                "which must be able to write the volume (fsGroup or the volume's ownership)")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> None:
@@ -142,12 +190,16 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
         summary.details["variants"] = [x.to_dict() for x in results]
         if counts["failed"]:
             first = next(x for x in results if x.status == "failed")
+            io = next((x for x in results if x.os_errno in _VOLUME_ERRNOS), None)
+            if io is not None:  # the volume, not the kernel: say so (describe_os_error)
+                raise OSError(io.os_errno, os.strerror(io.os_errno), io.os_filename)
             raise RuntimeError(f"{counts['failed']} triton variant(s) failed; first: {first.variant.label}: "
                                f"{(first.error or '').strip().splitlines()[-1:]}")
         after = snapshot(layout.triton_dir)
         written = {p for p, st in after.items() if before.get(p) != st}
         kernel_files = {f for x in results for f in x.files}
         files += file_entries(layout, sorted(written | kernel_files))
+        fault_point("compiled")
     if spec.flashinfer.enabled:
         from .autotune import run_phase  # written alongside; lazy: it imports flashinfer inside
 
@@ -160,6 +212,7 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
                    {"triton": dict(summary.triton.__dict__), "provider": r.provider, "target": r.target})
     summary.details["manifestFiles"] = len(files)
     log(f"manifest: {r.key} ({len(files)} file(s))")
+    fault_point("manifest-written")
 
 
 def write_termination_message(summary: WarmupSummary, path: str) -> bool:
