@@ -3,6 +3,10 @@
 warmer's own command run here in compile-only mode (no GPU), its summary written into the
 Pod's status as a kubelet would, and the KernelWarmup's status showing that warmup.
 
+The Helm chart installs the CRD, ServiceAccount, RBAC and the operator Deployment. With no
+kubelet that Deployment's Pod stays Pending, so the operator runs here, as the chart's
+ServiceAccount (a TokenRequest token): with exactly the chart's RBAC, no admin rights.
+
     python devcluster/demo.py --kubeconfig .cluster/kubeconfig [--workdir .demo] [--target sm_90]
 """
 
@@ -20,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / "devcluster")]
 
 import devcluster  # noqa: E402
+import helmchart  # noqa: E402
 from warmup_operator import names  # noqa: E402
 from warmup_operator.localrun import OperatorProcess  # noqa: E402
 
-CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
+RELEASE, RELEASE_NS = "kernel-warmup", "kernel-warmup-system"
 EXAMPLES = ROOT / "examples"
 LOCAL_CONFIG = EXAMPLES / "models/Meta-Llama-3.1-8B-Instruct/config.json"
 NS, DEPLOY, KW = "default", "vllm-llama", "llama-3-1-8b"
@@ -147,12 +152,26 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     k = Kubectl(args.kubeconfig)
 
-    step("install the KernelWarmup CRD")
-    k("apply", "-f", str(CRD), show=True)
-    k("wait", "--for=condition=Established", "crd/kernelwarmups.kernelwarmup.dev", show=True)
+    step("install the chart: CRD, ServiceAccount, RBAC, operator Deployment, metrics Service")
+    tools = helmchart.Tools(helm=devcluster.build()["helm"], kubectl=devcluster.build()["kubectl"],
+                            kubeconfig=args.kubeconfig)
+    print(f"$ helm upgrade --install {RELEASE} charts/kernel-warmup --namespace {RELEASE_NS} --create-namespace")
+    print(helmchart.install(tools, RELEASE, RELEASE_NS), flush=True)
+    sa = helmchart.fullname(RELEASE)
+    k("get", "deployment,pods,serviceaccount,service", "-n", RELEASE_NS, show=True)
+    k("describe", "clusterrole", sa, show=True)
+    print("(no kubelet here: the operator Pod stays Pending; the operator runs below as its ServiceAccount)")
 
-    step("start the operator (kernel-warmup-operator)")
-    op = OperatorProcess(args.kubeconfig, work / "operator.log", resync_seconds=2)
+    step(f"start the operator here as ServiceAccount {RELEASE_NS}/{sa} (token from the TokenRequest API)")
+    sa_kubeconfig = helmchart.service_account_kubeconfig(tools, RELEASE_NS, sa, work / "sa-kubeconfig")
+    print(f"$ kubectl --kubeconfig={sa_kubeconfig} auth whoami")
+    print(tools.kubectl_run(f"--kubeconfig={sa_kubeconfig}", "auth", "whoami").stdout, end="")
+    # The chart's own flags for the operator, as its Deployment would pass them.
+    chart_args = k.json("get", "deployment", sa, "-n", RELEASE_NS)["spec"]["template"]["spec"]["containers"][0]["args"]
+    from warmup_operator.main import parse_args
+    flags = parse_args(chart_args)
+    op = OperatorProcess(sa_kubeconfig, work / "operator.log", resync_seconds=2,
+                         namespaces=tuple(flags.namespace), bootstrap_image=flags.bootstrap_image)
     op.start()
     print(f"operator running (pid {op.proc.pid}); log {op.log_path}; metrics :{op.metrics_port}")
     try:
