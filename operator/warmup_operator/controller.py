@@ -8,10 +8,14 @@ so a stale watch snapshot can never apply an outdated fragment.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
+
+from kernel_warmer.faults import fault_point
 
 from warmup_operator import metrics, names
 from warmup_operator.crspec import KernelWarmupSpec
@@ -85,9 +89,13 @@ class Controller:
                 self.kube.apply(kind, d.namespace, d.name, d.body)
             except Exception as exc:  # noqa: BLE001 - reported, retried by the caller
                 metrics.RECONCILE_ERRORS.labels("apply").inc()
-                msg = f"{d.action} {kind.kind}/{d.name} failed: {getattr(exc, 'reason', '')} {getattr(exc, 'body', exc)}"
+                # The API's error body can echo the object; the warmer copies the serving
+                # env, so a literal token there must never reach a log, an Event or status.
+                msg = redact(f"{d.action} {kind.kind}/{d.name} failed: {getattr(exc, 'reason', '')} "
+                             f"{getattr(exc, 'body', exc)}", env_literals(kind, live))
                 log.warning(msg)
                 return Outcome(d, error=msg)
+            fault_point("applied")
         metrics.INJECTIONS.labels(kind.kind, d.action).inc()
         verb = "Injected" if d.action == "inject" else "Removed"
         text = (f"kernel warmup from KernelWarmup {d.owner} (hash {d.hash})" if d.action == "inject"
@@ -141,6 +149,36 @@ class Controller:
         if not same_status(previous, new):
             self.kube.patch_cr_status(cr.namespace, cr.name, new)
         return new
+
+
+_SENSITIVE = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def env_literals(kind: WorkloadKind, obj: Any) -> list[str]:
+    """Literal env values in the workload's pod templates that could be secrets: any value
+    of an env var whose name looks sensitive, and every other value of 8+ characters."""
+    from warmup_operator.targets import templates
+    out = set()
+    for _, t in templates(kind, obj or {}):
+        spec = t.get("spec") or {}
+        for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+            for e in c.get("env") or []:
+                v = e.get("value")
+                if isinstance(v, str) and (len(v) >= 8 or (len(v) >= 3 and _SENSITIVE.search(e.get("name", "")))):
+                    out.add(v)
+    return sorted(out, key=len, reverse=True)  # longest first: no partial leftovers
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each secret replaced, also as JSON-escaped by the API server (Go's
+    encoder escapes quotes, backslashes and, HTML-safe, < > & as \\u003c \\u003e \\u0026)."""
+    for s in secrets:
+        quoted = json.dumps(s, ensure_ascii=False)[1:-1]
+        go = quoted.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        for form in dict.fromkeys((s, quoted, go, json.dumps(s)[1:-1])):
+            text = text.replace(form, REDACTED)
+    return text
 
 
 def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:

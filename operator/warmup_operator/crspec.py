@@ -10,6 +10,7 @@ relies on, so a CR written before a schema change gets a clear error, not a cras
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -138,15 +139,32 @@ def parse_cache(data: Any) -> CacheVolume:
     return CacheVolume(mount.rstrip("/"), {kind: dict(source)})
 
 
+# The CRD's patterns, checked again here: a CR stored before a schema change (or applied
+# with validation off) must not put a shell metacharacter or a space into a container.
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}$")
+PYTHON_RE = re.compile(r"^[A-Za-z0-9_./-]{1,256}$")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+def _matching(w: Mapping, key: str, where: str, pattern: re.Pattern, what: str, default: Optional[str] = None) -> Optional[str]:
+    value = _str(w, key, where, default)
+    if value and not pattern.match(value):
+        raise SpecInvalid(f"{where}.{key}", f"{value!r:.120} is not {what} (letters, digits and . _ / : @ - only)")
+    return value
+
+
 def parse_container(data: Any) -> WarmerContainer:
     where = "spec.warmer"
     w = _obj(data, where)
     resources = _obj(w.get("resources"), f"{where}.resources")
+    pull = _str(w, "imagePullPolicy", where) or None
+    if pull is not None and pull not in PULL_POLICIES:
+        raise SpecInvalid(f"{where}.imagePullPolicy", f"must be one of {', '.join(PULL_POLICIES)}, got {pull!r:.80}")
     return WarmerContainer(
-        image=_str(w, "image", where) or None,
-        image_pull_policy=_str(w, "imagePullPolicy", where) or None,
-        bootstrap_image=_str(w, "bootstrapImage", where) or None,
-        python=_str(w, "python", where, "python3") or "python3",
+        image=_matching(w, "image", where, IMAGE_RE, "an image reference") or None,
+        image_pull_policy=pull,
+        bootstrap_image=_matching(w, "bootstrapImage", where, IMAGE_RE, "an image reference") or None,
+        python=_matching(w, "python", where, PYTHON_RE, "an executable path", "python3") or "python3",
         resources=resources,
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import posixpath
 import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -82,6 +83,11 @@ def pick_serving_container(template: dict, name: Optional[str]) -> dict:
                              "no container requests GPUs (e.g. nvidia.com/gpu); set spec.servingContainer or add GPU limits")
     raise InjectionError("spec.servingContainer",
                          f"several containers request GPUs ({', '.join(c['name'] for c in gpu)}); set spec.servingContainer")
+
+
+def norm_path(p: str) -> str:
+    """A mount path as the kubelet resolves it ("/a//b/./" and "/a/b" are one place)."""
+    return "/" + posixpath.normpath("/" + p).lstrip("/") if p else ""
 
 
 def _env_value(container: dict, name: str) -> Optional[dict]:
@@ -156,6 +162,31 @@ def _merge_resources(serving: dict, override: dict) -> dict:
     return {k: v for k, v in base.items() if v}
 
 
+# What the bootstrap init container runs as: our own image, our own code, no needs.
+BOOTSTRAP_SECURITY_CONTEXT = {
+    "runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def warmer_security_context(serving: Optional[dict]) -> dict:
+    """The warmer runs in the serving image as the serving user (its cache files must be
+    readable and replaceable by the server, and Triton/ptxas need the same writable paths),
+    so the user, group, read-only root and SELinux/AppArmor settings are the serving
+    container's. What the warmer never needs is taken away even if the server has it: no
+    privileged mode, no privilege escalation, no capabilities, a default seccomp profile
+    unless the serving container names one."""
+    sc = copy.deepcopy(serving or {})
+    sc.pop("privileged", None)
+    sc["allowPrivilegeEscalation"] = False
+    sc["capabilities"] = {"drop": ["ALL"]}
+    sc.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    if sc.get("procMount") not in (None, "Default"):
+        sc.pop("procMount")
+    return sc
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -177,13 +208,13 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
         if c.get("name") in names.INIT_CONTAINERS:
             raise InjectionError("spec", f"the workload already has an init container named {c['name']!r} (reserved)")
     for m in serving.get("volumeMounts") or []:
-        p = (m.get("mountPath") or "").rstrip("/")
-        if p == mount:
+        p = norm_path(m.get("mountPath") or "")
+        if p == norm_path(mount):
             raise InjectionError("spec.cache.mountPath",
                                  f"{mount} collides with volumeMount {m.get('name')!r} of container {sname!r}; choose another mountPath")
-        if p == names.PKG_MOUNT:
+        if p == names.PKG_MOUNT or p.startswith(names.PKG_MOUNT + "/"):
             raise InjectionError(f"containers[{sname}].volumeMounts",
-                                 f"{names.PKG_MOUNT} is reserved for the operator's package folder")
+                                 f"{m.get('mountPath')} is under {names.PKG_MOUNT}, reserved for the operator's package folder")
     for e in serving.get("env") or []:
         if e.get("name") in names.SERVING_ENV:
             raise InjectionError(f"containers[{sname}].env[{e['name']}]",
@@ -237,9 +268,10 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
     pull = spec.container.image_pull_policy or (None if spec.container.image else serving.get("imagePullPolicy"))
     if pull:
         warmer["imagePullPolicy"] = pull
-    for key in ("envFrom", "securityContext", "workingDir"):
+    for key in ("envFrom", "workingDir"):
         if serving.get(key):
             warmer[key] = copy.deepcopy(serving[key])
+    warmer["securityContext"] = warmer_security_context(serving.get("securityContext"))
     resources = _merge_resources(serving, dict(spec.container.resources))
     if resources:
         warmer["resources"] = resources
@@ -251,11 +283,7 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "volumeMounts": [{"name": names.PKG_VOLUME, "mountPath": names.PKG_MOUNT}],
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(BOOTSTRAP_SECURITY_CONTEXT),
     }
     volumes = [
         {"name": names.PKG_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},

@@ -10,29 +10,79 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
-from typing import Any, Optional
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from warmup_operator import names
+from warmup_operator import metrics, names
 from warmup_operator.targets import WorkloadKind
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for one API request: 409/429/5xx and dropped connections are retried a few
+    times with exponential, jittered delays (and the server's Retry-After when it sends
+    one); anything else (404, 422 ...) is returned at once. Longer outages are the kopf
+    handler's job (it re-runs with its own delay), so the total here stays a few seconds."""
+
+    attempts: int = 5
+    base_s: float = 0.2
+    cap_s: float = 5.0
+    jitter: float = 0.5  # each delay is scaled by a random factor in [1 - jitter, 1]
+
+    def delay(self, attempt: int, retry_after: Optional[float] = None, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.cap_s)
+        d = min(self.cap_s, self.base_s * (2 ** attempt))
+        return d * (1 - self.jitter * rand())
+
+
+def _retry_after(resp: Any) -> Optional[float]:
+    try:
+        value = (getattr(resp, "headers", None) or {}).get("Retry-After")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 class Kube:
-    def __init__(self, api_client: Any = None):
+    def __init__(self, api_client: Any = None, retry: RetryPolicy = RetryPolicy(),
+                 sleep: Callable[[float], None] = time.sleep):
         import kubernetes
 
         if api_client is None:
             api_client = new_api_client()
         self.client = api_client
+        self.retry = retry
+        self._sleep = sleep
         self._kubernetes = kubernetes
         self._crd_cache: dict[str, Optional[dict]] = {}
         self._lock = threading.Lock()
 
     def _call(self, method: str, path: str, *, body: Any = None, query: Optional[list] = None,
               content_type: str = "application/json") -> Any:
-        """One request through the client's auth and TLS; raises ApiException on >= 400."""
+        """One request through the client's auth and TLS, retried per ``self.retry``;
+        raises ApiException on a final status >= 400."""
+        for attempt in range(self.retry.attempts):
+            last = attempt == self.retry.attempts - 1
+            try:
+                return self._call_once(method, path, body=body, query=query, content_type=content_type)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if last or not is_retryable(exc):
+                    raise
+                wait = self.retry.delay(attempt, getattr(exc, "retry_after", None))
+                log.warning("%s %s: %s; retry %d/%d in %.1fs", method, path, _brief(exc), attempt + 1,
+                            self.retry.attempts - 1, wait)
+                metrics.API_RETRIES.labels(str(getattr(exc, "status", None) or "connection")).inc()
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, method: str, path: str, *, body: Any, query: Optional[list], content_type: str) -> Any:
         import json
 
         _, url, headers, _, _ = self.client.param_serialize(
@@ -44,8 +94,10 @@ class Kube:
                                     _request_timeout=(10, 60))
         data = resp.read()
         if resp.status >= 400:
-            raise self._kubernetes.client.exceptions.ApiException(
+            exc = self._kubernetes.client.exceptions.ApiException(
                 status=resp.status, reason=resp.reason, body=data.decode(errors="replace") if data else "")
+            exc.retry_after = _retry_after(resp)
+            raise exc
         return json.loads(data) if data else None
 
     def get_workload(self, kind: WorkloadKind, namespace: str, name: str) -> Optional[dict]:
@@ -100,6 +152,18 @@ def new_api_client() -> Any:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """409 (conflict), 429 and 5xx are worth a retry; 4xx validation errors are not."""
+    """409 (conflict), 429 and 5xx, and a connection that failed or dropped, are worth a
+    retry; 4xx validation errors (422), 404 and programming errors are not."""
     status = getattr(exc, "status", None)
-    return status is None or status in (409, 429) or status >= 500
+    if status is not None:
+        return status in (409, 429) or status >= 500
+    return isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith("urllib3")
+
+
+def _brief(exc: BaseException) -> str:
+    """One line about a failed request: status and reason, never the body (it can echo
+    the object, env values included)."""
+    status = getattr(exc, "status", None)
+    if status is not None:
+        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    return type(exc).__name__

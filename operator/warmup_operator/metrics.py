@@ -12,6 +12,8 @@ RECONCILE_ERRORS = Counter("kernel_warmup_reconcile_errors_total", "Reconciliati
                            ["reason"])
 WARMUP_SECONDS = Histogram("kernel_warmup_warmup_seconds", "Warmup duration reported by Pods' warmer summaries",
                            ["outcome"], buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600))
+API_RETRIES = Counter("kernel_warmup_api_retries_total", "API requests retried after a 409/429/5xx or a dropped connection",
+                      ["status"])
 WARMUPS = Counter("kernel_warmup_warmups_total", "Warmer runs observed in Pods", ["outcome"])
 
 _seen: set = set()
