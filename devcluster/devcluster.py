@@ -360,6 +360,34 @@ def up(d: Path) -> State:
     return state
 
 
+def restart_apiserver(d: Path, down_s: float = 0.0, hard: bool = False) -> State:
+    """Stop only kube-apiserver and start it again with the same flags, etcd and its data
+    untouched (tests of clients that must ride out an API server restart). ``down_s``:
+    seconds to stay down in between; ``hard``: SIGKILL (a crash) instead of SIGTERM (a
+    graceful stop, which drains for ~15 s)."""
+    d = d.resolve()
+    state = load_state(d)
+    if state is None or "kube-apiserver" not in state.pids:
+        raise ClusterError(f"no running control plane in {d}")
+    pid = state.pids["kube-apiserver"]
+    try:
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError as exc:
+        raise ClusterError(f"kube-apiserver (pid {pid}) is not running: {exc}") from None
+    _kill_group(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        _kill_group(pid, signal.SIGKILL)
+    time.sleep(down_s)
+    state.pids["kube-apiserver"] = _spawn("kube-apiserver", argv, d)  # same key: `down` order kept
+    _state_path(d).write_text(json.dumps(asdict(state)))
+    _wait("kube-apiserver", lambda: _https_ok(f"{state.server}/readyz", d / "pki"), state.pids["kube-apiserver"],
+          d / "logs/kube-apiserver.log")
+    return state
+
+
 def _kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
