@@ -68,6 +68,16 @@ def can_i(tools, kubeconfig: Path, *args: str) -> bool:
     return r.stdout.strip() == "yes"
 
 
+def clean_namespace(cluster, ns: str) -> None:
+    """Delete this test's KernelWarmups, Deployments and their Pods, and wait until they are
+    gone: a later cluster-wide operator (test_operator_e2e's) must not see their warmups."""
+    cluster.kubectl_run("patch", "kernelwarmup", "kw", "-n", ns, "--type=merge", "-p",
+                        '{"metadata":{"finalizers":null}}', check=False)
+    cluster.kubectl_run("delete", "kernelwarmup,deployment", "--all", "-n", ns,
+                        "--wait=true", "--timeout=60s", check=False)
+    wait_for(f"no Pods left in {ns}", lambda: not get_list(cluster, "pods", ns), timeout_s=60)
+
+
 def run_scenario(cluster, op: OperatorProcess, ns: str) -> None:
     """The operator's integration scenario: inject into a Deployment, exactly one rollout,
     status (and an Event) from a simulated warmer termination message, removal on delete."""
@@ -184,8 +194,11 @@ def test_cluster_scope_rbac_runs_the_operator_scenario(cluster, tools, release, 
     for denied in (["delete", "deployments", "-A"], ["create", "deployments", "-n", "default"], ["get", "secrets", "-A"],
                    ["update", "kernelwarmups", "-A"], ["delete", "pods", "-A"], ["list", "namespaces"], ["*", "*"]):
         assert not can_i(tools, op.kubeconfig, *denied), denied
-    with op:
-        run_scenario(cluster, op, "chart-cluster-scope")
+    try:
+        with op:
+            run_scenario(cluster, op, "chart-cluster-scope")
+    finally:
+        clean_namespace(cluster, "chart-cluster-scope")
     log = op.log_path.read_text()
     assert not DENIED.search(log), denials(log)
 
@@ -209,7 +222,8 @@ def test_namespaced_scope_rbac_runs_the_operator_scenario(cluster, tools, releas
         log = op.log_path.read_text()
         assert not DENIED.search(log), denials(log)
     finally:
-        cluster.kubectl_run("delete", "kernelwarmup", "kw", "-n", other, "--wait=false", check=False)
+        clean_namespace(cluster, watched)
+        clean_namespace(cluster, other)
         tools.helm_run("uninstall", rel, "--namespace", rel_ns, "--wait", check=False)
 
 
@@ -277,10 +291,7 @@ def test_a_missing_permission_fails_the_operator(cluster, tools, release, tmp_pa
             if also is not None:
                 also(cluster, ns, op)
     finally:
-        # Without the operator its finalizer would block deletion: drop it, then the release.
-        cluster.kubectl_run("patch", "kernelwarmup", "kw", "-n", ns, "--type=merge", "-p",
-                            '{"metadata":{"finalizers":null}}', check=False)
-        cluster.kubectl_run("delete", "kernelwarmup,deployment", "--all", "-n", ns, "--wait=true", "--timeout=30s", check=False)
+        clean_namespace(cluster, ns)  # the operator is stopped: its finalizer is dropped
         tools.helm_run("uninstall", rel, "--namespace", rel_ns, "--wait", check=False)
         print(f"---- operator log ({name} without {verb} {resource}): denials ----\n" + denials(op.log_path.read_text()))
 
