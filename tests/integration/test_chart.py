@@ -157,6 +157,18 @@ def test_lint_and_template(tools, values):
         assert {v for r in cr["rules"] for v in r["verbs"]} <= {"get", "list", "watch"}
 
 
+def test_values_reach_the_operator_flags(tools):
+    docs = render(tools, "--set", "metrics.enabled=false", "--set", "warmer.bootstrapImage=reg.local/warm:1",
+                  "--set", "operator.verbose=true", "--set", "operator.resyncSeconds=30", "--set", "image.tag=9.9.9")
+    assert "Service" not in {d["kind"] for d in docs}
+    c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    from warmup_operator.main import parse_args
+    parsed = parse_args(c["args"])
+    assert parsed.metrics_port == 0 and parsed.verbose and parsed.bootstrap_image == "reg.local/warm:1"
+    assert c["image"].endswith(":9.9.9") and "metrics" not in {p["name"] for p in c["ports"]}
+    assert {"name": "KERNEL_WARMUP_RESYNC_SECONDS", "value": "30"} in c["env"]
+
+
 def test_bad_values_name_the_field(tools):
     r = tools.helm_run("template", str(CHART), "--set", "operator.logFormat=xml", check=False)
     assert r.returncode != 0 and "logFormat" in r.stderr, r.stderr
