@@ -80,7 +80,7 @@ def show_injection(template: dict) -> dict:
     view = {
         "metadata.annotations": template["metadata"].get("annotations"),
         "initContainers": [
-            {k: c.get(k) for k in ("name", "image", "command", "resources", "volumeMounts") if c.get(k)}
+            {k: c.get(k) for k in ("name", "image", "command", "resources", "volumeMounts", "securityContext") if c.get(k)}
             for c in spec.get("initContainers") or []],
         "volumes": spec.get("volumes"),
         "containers[vllm].env": serving.get("env"),
