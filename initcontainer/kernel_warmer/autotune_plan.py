@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .errors import FieldError
 from .modelconfig import ModelArch
 
 GEMM_OP = {"none": "bf16_gemm", "fp8": "fp8_gemm", "nvfp4": "fp4_gemm"}
@@ -39,12 +40,8 @@ MOE_MIN_SM = {"none": 80, "fp8": 89, "nvfp4": 100}
 _PHASE1_END, _PHASE2_STEP, _PHASE2_END, _PHASE3_STEP, _PHASE3_END = 256, 256, 2048, 512, 4096
 
 
-class PlanError(ValueError):
+class PlanError(FieldError):
     """The model cannot be split over the requested ranks; names the field to change."""
-
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        super().__init__(f"{field_path}: {message}")
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,22 @@ FlashInfer ops (linear layers). Errors name the config field that could not be r
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .errors import FieldError
 
 
-class ConfigError(ValueError):
+class ConfigError(FieldError):
     """A config.json field is missing or wrong; ``field`` names it (dotted)."""
 
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        super().__init__(f"config field {field_path!r}: {message}")
+    @staticmethod
+    def describe(field_path: str) -> str:
+        return f"config field {field_path!r}"
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,6 @@ class ModelArch:
 
 
 # --- the parser ---------------------------------------------------------------------
-
-import json  # noqa: E402  (kept below the lead's dataclasses on purpose: one file, two parts)
-import math  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Union  # noqa: E402
 
 DTYPES = ("bfloat16", "float16", "float32")
 _DTYPE_ALIASES = {

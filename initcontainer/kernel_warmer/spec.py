@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from .errors import FieldError
+
 SPEC_ENV = "KERNEL_WARMER_SPEC"
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -23,12 +25,8 @@ FailurePolicy = Literal["Ignore", "Fail"]
 Provider = Literal["auto", "builtin", "vllm"]
 
 
-class SpecError(ValueError):
+class SpecError(FieldError):
     """A spec field is missing or wrong; ``field`` is its dotted path."""
-
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        super().__init__(f"{field_path}: {message}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ def _load(tp: Any, data: Any, path: str) -> Any:
         except SpecError as exc:  # raised by __post_init__ with a field relative to tp
             if not path:
                 raise
-            raise SpecError(f"{path}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+            raise SpecError(f"{path}.{exc.field}", exc.message) from None
     if tp is bool:
         if not isinstance(data, bool):
             raise SpecError(where, f"must be true or false, got {data!r}")

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from kernel_warmer.errors import FieldError
 from kernel_warmer.spec import SpecError, WarmerSpec, camel
 
 from warmup_operator import names
@@ -25,13 +26,8 @@ WARMER_KEYS = tuple(camel(f.name) for f in dataclasses.fields(WarmerSpec) if f.n
 OPERATOR_KEYS = ("targets", "servingContainer", "cache", "warmer", "sitecustomize")
 
 
-class SpecInvalid(ValueError):
+class SpecInvalid(FieldError):
     """The CR's spec is wrong; ``field`` is the dotted path from the object root."""
-
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        self.message = message
-        super().__init__(f"{field_path}: {message}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +172,7 @@ def render_warmer(spec: Mapping[str, Any], cache_dir: str) -> WarmerSpec:
     try:
         return WarmerSpec.from_dict(data)
     except SpecError as exc:
-        msg = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+        msg = exc.message
         path = exc.field if exc.field != "<spec>" else ""
         # ModelSource reports its own fields relative to itself.
         if path in ("configPath",):
