@@ -247,8 +247,8 @@ class Rendezvous:
     def check_abort(self) -> None:
         """Raise the abort another rank posted, naming the culprits it named."""
         if self.world.world_size > 1 and self._check("abort/msg"):
-            msg = self.store.get("abort/msg").decode()
-            ranks = tuple(json.loads(self.store.get("abort/ranks")))
+            msg = self.get("abort/msg")
+            ranks = tuple(json.loads(self.get("abort/ranks")))
             with contextlib.suppress(Exception):
                 self.store.set(f"abort-ack/{self.world.rank}", "1")
             raise WorldError(msg, ranks)
@@ -257,7 +257,18 @@ class Rendezvous:
         try:
             return self.store.check([key])
         except Exception as exc:  # noqa: BLE001
-            raise WorldError(f"rank 0 (rendezvous host) is gone: {exc}", (0,)) from exc
+            raise self._host_gone(exc) from exc
+
+    def get(self, key: str) -> str:
+        """A store read that names rank 0 when its host is gone (it holds the store)."""
+        try:
+            return self.store.get(key).decode()
+        except Exception as exc:  # noqa: BLE001
+            raise self._host_gone(exc) from exc
+
+    def _host_gone(self, exc: BaseException) -> WorldError:
+        return WorldError(f"rank 0 (rendezvous host {self.world.master_addr}:{self.world.master_port}) "
+                          f"is gone: {type(exc).__name__}: {exc}", (0,))
 
     def wait_key(self, key: str, timeout_s: float, watch: tuple[int, ...]) -> str:
         """Wait for ``key`` while the ranks in ``watch`` keep beating."""
@@ -273,7 +284,7 @@ class Rendezvous:
                 raise WorldError(f"rank {self.world.rank}: {key} not posted by rank(s) {list(watch)} "
                                  f"within {timeout_s:.0f}s", tuple(watch))
             time.sleep(0.1)
-        return self.store.get(key).decode()
+        return self.get(key)
 
     # collectives --------------------------------------------------------------------
 
@@ -408,7 +419,7 @@ def share_payload(
         status = rdv.wait_key("payload/status", produce_timeout_s, watch=(0,))
         if status != "ok":
             raise WorldError(f"rank 0 failed to produce the payload: {status[len('error: '):]}", (0,))
-    key = rdv.store.get("payload/key").decode()
+    key = rdv.get("payload/key")
     t1 = time.monotonic()
 
     with rdv.guard("broadcast"):
@@ -495,9 +506,10 @@ def _worker_entry(local_rank: int, local_world_size: int, env: dict[str, str],
         rdv.join()
         from datetime import timedelta
 
-        dist.init_process_group("nccl" if use_cuda else "gloo", store=rdv.store, rank=world.rank,
-                                world_size=world.world_size, timeout=timedelta(seconds=timeout_s),
-                                **({"device_id": device} if use_cuda else {}))
+        with rdv.guard("init_process_group"):  # a peer dying while the mesh connects is named too
+            dist.init_process_group("nccl" if use_cuda else "gloo", store=rdv.store, rank=world.rank,
+                                    world_size=world.world_size, timeout=timedelta(seconds=timeout_s),
+                                    **({"device_id": device} if use_cuda else {}))
         result = job(world, rdv, device)
         out.write_text(json.dumps({"ok": True, "result": result}, default=str))
         with contextlib.suppress(Exception):

@@ -93,4 +93,4 @@ def test_rank_that_dies_mid_protocol_is_named(tmp_path):
 def test_rank0_death_is_named_by_the_waiting_ranks(tmp_path):
     outcomes = run_pods(ShareJob(str(tmp_path), die_rank=0), pods=1, per_pod=2, timeout_s=8)
     other = outcomes[0][1]
-    assert not other.ok and "rank 0" in other.error or "[0]" in other.error, other.error
+    assert not other.ok and ("rank 0" in other.error or "[0]" in other.error), other.error
