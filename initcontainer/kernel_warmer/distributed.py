@@ -229,8 +229,15 @@ class Rendezvous:
                     tuple(missing))
             time.sleep(0.1)
 
-    def abort(self, msg: str, ranks: tuple[int, ...], linger_s: float = 5.0) -> None:
-        """Post why this rank gives up; rank 0 (the store's host) waits for the others to read it."""
+    def abort(self, msg: str, ranks: tuple[int, ...], linger_s: Optional[float] = None) -> None:
+        """Post why this rank gives up; rank 0 (the store's host) waits for the others to read it.
+
+        A live rank reads it within one collective timeout (its guard checks for an abort,
+        or its watchdog fires), so rank 0 keeps the store up that long for every rank that
+        is still beating; leaving sooner turned the named culprit into "rank 0 is gone".
+        """
+        if linger_s is None:
+            linger_s = self.timeout_s + 2 * self.heartbeat_s
         with contextlib.suppress(Exception):
             if not self.store.check(["abort/msg"]):
                 self.store.set("abort/ranks", json.dumps(list(ranks)))
@@ -309,6 +316,10 @@ class Rendezvous:
             self.store.set(f"arrive/{phase}/{self.world.rank}", "1")
 
         def fire() -> None:
+            try:
+                self.check_abort()  # another rank already said who failed: report that
+            except WorldError as posted:
+                self._fail_hard(str(posted))
             why, ranks = self.diagnose(phase)
             msg = f"rank {self.world.rank}: {phase} did not finish within {timeout_s:.0f}s: {why}"
             self.abort(msg, ranks)
