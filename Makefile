@@ -58,8 +58,11 @@ demo: setup cluster-up
 bench: setup
 	$(PY) bench/bench_triton_warmup.py --skip-gpu
 
-lint: setup
+lint: setup controlplane
 	$(PY) -m compileall -q initcontainer operator tests bench devcluster scripts
+	helm=$$($(PYTHON) devcluster/devcluster.py bin helm); \
+	  $$helm lint --strict charts/kernel-warmup && \
+	  $$helm lint --strict charts/kernel-warmup -f charts/kernel-warmup/ci/namespaced-values.yaml
 
 clean: cluster-down
 	rm -rf $(VENV) .demo
