@@ -147,9 +147,14 @@ def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmu
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
 
 
-@kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
-@kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
-@kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec")
+# kopf retries a handler that raised after `backoff` seconds (default 60): after an API
+# server restart the first calls get 503s, and a CR change must not wait a minute for that.
+HANDLER_BACKOFF_S = 5
+
+
+@kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL, backoff=HANDLER_BACKOFF_S)
+@kopf.on.create(names.GROUP, names.VERSION, names.PLURAL, backoff=HANDLER_BACKOFF_S)
+@kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec", backoff=HANDLER_BACKOFF_S)
 def kw_changed(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
                warmup_index: Any, **_: Any) -> None:
     _reconcile_cr(body, namespace, kw_index, dict(deploy_index=deploy_index, sts_index=sts_index,
@@ -157,7 +162,7 @@ def kw_changed(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_
 
 
 @kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=CONFIG["resync_seconds"],
-            initial_delay=CONFIG["resync_seconds"], idle=None)
+            initial_delay=CONFIG["resync_seconds"], idle=None, backoff=HANDLER_BACKOFF_S)
 def kw_resync(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
               warmup_index: Any, **_: Any) -> None:
     try:
@@ -167,7 +172,7 @@ def kw_resync(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_i
         log.info("resync of %s/%s: %s", namespace, body["metadata"]["name"], exc)
 
 
-@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
+@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL, backoff=HANDLER_BACKOFF_S)
 def kw_deleted(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
                **_: Any) -> None:
     """Take the injection back out of every workload this KernelWarmup injected."""
