@@ -25,6 +25,7 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / 
 
 import devcluster  # noqa: E402
 import helmchart  # noqa: E402
+from fake_kubelet import init_containers_terminated  # noqa: E402
 from warmup_operator import names  # noqa: E402
 from warmup_operator.localrun import OperatorProcess  # noqa: E402
 
@@ -131,15 +132,9 @@ def warmer_bootstrap_tail() -> list[str]:
 
 
 def write_pod_status(k: Kubectl, pod: dict, message: str, exit_code: int) -> None:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    statuses = []
-    for c in pod["spec"]["initContainers"]:
-        msg, rc = (message, exit_code) if c["name"] == names.WARMER_CONTAINER else ("", 0)
-        statuses.append({"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
-                         "state": {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error",
-                                                  "message": msg, "startedAt": now, "finishedAt": now}}})
+    patch = init_containers_terminated(pod, names.WARMER_CONTAINER, message, exit_code)
     k("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status", "--type=merge",
-      "-p", json.dumps({"status": {"initContainerStatuses": statuses}}), show=True)
+      "-p", json.dumps(patch), show=True)
 
 
 def main() -> int:

@@ -83,15 +83,9 @@ def replicasets(cluster, ns: str, name: str) -> list[dict]:
 def simulate_init_termination(cluster, pod: dict, warmer_message: str, warmer_exit_code: int = 0) -> None:
     """Write every init container of ``pod`` as terminated into its status, the warmer with
     ``warmer_message`` as its termination message: what a kubelet would report."""
+    from fake_kubelet import init_containers_terminated
     from warmup_operator import names
 
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    statuses = []
-    for c in pod["spec"]["initContainers"]:
-        msg, rc = (warmer_message, warmer_exit_code) if c["name"] == names.WARMER_CONTAINER else ("", 0)
-        statuses.append({"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
-                         "state": {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error",
-                                                  "message": msg, "startedAt": now, "finishedAt": now}}})
+    patch = init_containers_terminated(pod, names.WARMER_CONTAINER, warmer_message, warmer_exit_code)
     cluster.kubectl_run("patch", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"],
-                        "--subresource=status", "--type=merge",
-                        "-p", json.dumps({"status": {"initContainerStatuses": statuses}}))
+                        "--subresource=status", "--type=merge", "-p", json.dumps(patch))
