@@ -22,11 +22,10 @@ help:
 	@echo "make gpu-test      GPU tests (on a machine with CUDA)"
 	@echo "make bench         CPU benchmarks"
 
-$(PY): pyproject.toml scripts/setup_env.py
+# Always run: it takes seconds when the dependency folder exists, and re-points .venv at
+# the right one when pyproject.toml or $(CACHE) changed (a stale .venv is never trusted).
+setup:
 	$(PYTHON) scripts/setup_env.py --venv $(VENV)
-	@touch $(PY)
-
-setup: $(PY)
 
 # Builds etcd, kube-apiserver, kube-controller-manager (Go) and fetches kubectl + helm (PyPI).
 controlplane:
