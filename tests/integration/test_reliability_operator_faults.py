@@ -167,8 +167,8 @@ def test_api_server_restart_under_the_running_operator(cluster, tmp_path):
 
             apply(private, user_deployment("after", ns))
             wait_for("injection after the restart", lambda: injected(private, "after", ns), timeout_s=90)
-            apply(private, kernelwarmup("kw", ns, tensorParallelSize=2))
-            old = annotations(template_of(private, "before", ns))[names.ANN_HASH]
+            old = annotations(template_of(private, "before", ns))[names.ANN_HASH]  # before the change:
+            apply(private, kernelwarmup("kw", ns, tensorParallelSize=2))  # the operator may beat the next read
             wait_for("CR change after the restart reaches both",
                      lambda: annotations(template_of(private, "before", ns)).get(names.ANN_HASH) != old
                      and injected(private, "after", ns), timeout_s=60)
