@@ -91,7 +91,6 @@ def main() -> int:
          "-e", str(ROOT)],
         check=True,
     )
-    (venv / ".deps").write_text(str(deps) + "\n")
     print(f"setup_env: {venv} ready (deps from {deps})", flush=True)
     return 0
 

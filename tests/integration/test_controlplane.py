@@ -4,9 +4,9 @@ a ReplicaSet and Pods (which stay Pending: there is no kubelet or scheduler)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from operator_support import get_list, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -25,20 +25,6 @@ DEPLOYMENT = {
 }
 
 
-def _get(cluster, *args: str) -> dict:
-    return json.loads(cluster.kubectl_run("get", "-o", "json", *args).stdout)
-
-
-def _wait_for(predicate, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
 def test_apiserver_is_ready_and_serves_core_apis(cluster):
     out = cluster.kubectl_run("get", "--raw", "/readyz?verbose").stdout
     assert "readyz check passed" in out
@@ -49,18 +35,12 @@ def test_apiserver_is_ready_and_serves_core_apis(cluster):
 def test_deployment_gets_replicaset_and_pending_pods(cluster):
     cluster.kubectl_run("apply", "-f", "-", input=json.dumps(DEPLOYMENT))
     try:
-        rs = _wait_for(
-            lambda: [r for r in _get(cluster, "replicasets", "-n", "default", "-l", "app=cp-smoke")["items"]],
-            what="the controller-manager to create a ReplicaSet",
-        )
+        rs = wait_for("the controller-manager to create a ReplicaSet",
+                      lambda: get_list(cluster, "replicasets", "default", "-l", "app=cp-smoke"))
         assert len(rs) == 1
         assert rs[0]["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
-        pods = _wait_for(
-            lambda: (lambda items: items if len(items) == 2 else None)(
-                _get(cluster, "pods", "-n", "default", "-l", "app=cp-smoke")["items"]
-            ),
-            what="2 Pods from the ReplicaSet",
-        )
+        pods = wait_for("2 Pods from the ReplicaSet", lambda: (lambda items: items if len(items) == 2 else None)(
+            get_list(cluster, "pods", "default", "-l", "app=cp-smoke")))
         for pod in pods:
             assert pod["metadata"]["ownerReferences"][0]["name"] == rs[0]["metadata"]["name"]
             # No scheduler and no kubelet: never bound, never started.
