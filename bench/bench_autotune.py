@@ -25,11 +25,11 @@ def probe(ops_json: str) -> None:
     means the loaded file supplied the tactic; a miss means FlashInfer fell back."""
     import dataclasses
 
+    import flashinfer.autotuner as fa
     import torch
 
-    import flashinfer.autotuner as fa
-    from kernel_warmer.autotune import BF16_BACKENDS, _run_gemm
-    from kernel_warmer.autotune_plan import AutoTuneOp
+    from kernel_warmer.flashinfer.tune import BF16_BACKENDS, _run_gemm
+    from kernel_warmer.plan.flashinfer import AutoTuneOp
 
     ops = [AutoTuneOp(**o) for o in json.loads(ops_json)]
     dev = torch.device("cuda", 0)
@@ -90,9 +90,9 @@ def main() -> dict:
         probe(args.probe)
         return {}
 
-    from kernel_warmer.autotune import run_phase
-    from kernel_warmer.autotune_plan import plan_ops
-    from kernel_warmer.cache import CacheLayout
+    from kernel_warmer.cache.volume import CacheLayout
+    from kernel_warmer.flashinfer.phase import run_phase
+    from kernel_warmer.plan.flashinfer import plan_ops
 
     log = Log("bench_autotune.log")
     root = Path(tempfile.mkdtemp(prefix="kw-fi-bench-"))

@@ -29,8 +29,8 @@ class SelfTuneJob:
     def __call__(self, world, rdv, device):
         import torch.distributed as dist
 
-        from kernel_warmer.autotune import tune_ops
-        from kernel_warmer.autotune_plan import AutoTuneOp
+        from kernel_warmer.flashinfer.tune import tune_ops
+        from kernel_warmer.plan.flashinfer import AutoTuneOp
 
         path = Path(self.out_dir) / f"rank-{world.rank}.json"
         with rdv.guard("start"):
@@ -51,10 +51,10 @@ def tactic_diff(files: list[Path]) -> int:
 def main() -> dict:
     import torch
 
-    from kernel_warmer.autotune import run_phase
-    from kernel_warmer.autotune_plan import plan_ops
-    from kernel_warmer.cache import CacheLayout
-    from kernel_warmer.distributed import run_local_workers
+    from kernel_warmer.cache.volume import CacheLayout
+    from kernel_warmer.dist.workers import run_local_workers
+    from kernel_warmer.flashinfer.phase import run_phase
+    from kernel_warmer.plan.flashinfer import plan_ops
     from kernel_warmer.spec import DistributedSection
 
     ap = argparse.ArgumentParser()

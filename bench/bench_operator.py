@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / "devcluster")]
 
-from warmup_operator import names  # noqa: E402
-from warmup_operator.localrun import OperatorProcess  # noqa: E402
+from operator_process import OperatorProcess  # noqa: E402
+
+from warmup_operator.core import names  # noqa: E402
 
 CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
 

@@ -39,7 +39,7 @@ class Log:
 
 
 def llama_arch():
-    from kernel_warmer.modelconfig import load_arch
+    from kernel_warmer.plan.model import load_arch
 
     return load_arch(LLAMA3_8B)
 

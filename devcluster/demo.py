@@ -23,11 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / "devcluster")]
 
-import devcluster  # noqa: E402
 import helmchart  # noqa: E402
 from fake_kubelet import init_containers_terminated  # noqa: E402
-from warmup_operator import names  # noqa: E402
-from warmup_operator.localrun import OperatorProcess  # noqa: E402
+from operator_process import OperatorProcess  # noqa: E402
+
+import devcluster  # noqa: E402
+from kernel_warmer.cache.volume import CacheLayout  # noqa: E402
+from warmup_operator.core import names  # noqa: E402
 
 RELEASE, RELEASE_NS = "kernel-warmup", "kernel-warmup-system"
 EXAMPLES = ROOT / "examples"
@@ -114,8 +116,8 @@ def run_warmer_locally(warmer: dict, work: Path, target: str) -> tuple[str, int,
     spec["model"] = {"configPath": str(LOCAL_CONFIG)}
     env["KERNEL_WARMER_SPEC"] = json.dumps(spec)
     env["PYTHONPATH"] = str(site / "python")
-    env[names.ENV_TRITON_CACHE] = str(cache / "triton")
-    env[names.ENV_FLASHINFER_DIR] = str(cache / "flashinfer")
+    env[names.ENV_TRITON_CACHE] = str(CacheLayout(cache).triton_dir)
+    env[names.ENV_FLASHINFER_DIR] = str(CacheLayout(cache).flashinfer_root)
     env[names.ENV_CACHE_ROOT] = str(cache)
     cmd = [sys.executable, *warmer["command"][1:], "--compile-only", "--target", target,
            "--cache-dir", str(cache), "--termination-log", str(term)]
@@ -127,7 +129,7 @@ def run_warmer_locally(warmer: dict, work: Path, target: str) -> tuple[str, int,
 
 
 def warmer_bootstrap_tail() -> list[str]:
-    from warmup_operator.inject import BOOTSTRAP_COMMAND
+    from warmup_operator.core.inject import BOOTSTRAP_COMMAND
     return BOOTSTRAP_COMMAND[1:-1]  # "-m kernel_warmer.bootstrap --dest"; the dest is local
 
 
@@ -163,7 +165,7 @@ def main() -> int:
     print(tools.kubectl_run(f"--kubeconfig={sa_kubeconfig}", "auth", "whoami").stdout, end="")
     # The chart's own flags for the operator, as its Deployment would pass them.
     chart_args = k.json("get", "deployment", sa, "-n", RELEASE_NS)["spec"]["template"]["spec"]["containers"][0]["args"]
-    from warmup_operator.main import parse_args
+    from warmup_operator.config import parse_args
     flags = parse_args(chart_args)
     op = OperatorProcess(sa_kubeconfig, work / "operator.log", resync_seconds=2,
                          namespaces=tuple(flags.namespace), bootstrap_image=flags.bootstrap_image)

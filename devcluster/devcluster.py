@@ -260,7 +260,7 @@ def _https_ok(url: str, pki: Path) -> bool:
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
             return r.status == 200
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means not ready yet
         return False
 
 
@@ -268,7 +268,7 @@ def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means not ready yet
         return False
 
 

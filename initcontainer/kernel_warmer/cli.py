@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from .modelconfig import ConfigError
-from .spec import SPEC_ENV, ModelSource, SpecError, WarmerSpec, _load
+from kernel_warmer.plan.model import ConfigError
+from kernel_warmer.spec import SPEC_ENV, ModelSource, SpecError, WarmerSpec, _load
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -81,7 +81,7 @@ MAX_PLAN_BYTES = 1 << 20
 
 def load_plan_file(path: str) -> ModelSource:
     """Explicit layers from JSON or YAML, parsed with the spec's field-naming errors."""
-    from .modelconfig import read_json_file, read_text_file
+    from kernel_warmer.plan.model import read_json_file, read_text_file
 
     if path.endswith((".yaml", ".yml")):
         text = read_text_file(Path(path), "plan file", "--plan", MAX_PLAN_BYTES)
@@ -111,7 +111,7 @@ def spec_from_args(args: argparse.Namespace) -> WarmerSpec:
         raise UsageError("give exactly one of --model-config, --plan, --spec, --spec-env"
                          + (f" (got {', '.join('--' + s.replace('_', '-') for s in sources)})" if sources else ""))
     if args.spec:
-        from .modelconfig import read_text_file
+        from kernel_warmer.plan.model import read_text_file
 
         spec = WarmerSpec.from_json(read_text_file(Path(args.spec), "spec file", "--spec", MAX_PLAN_BYTES))
     elif args.spec_env:
@@ -142,7 +142,7 @@ def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
     if getattr(args, "compile_only", False) and not target:
         raise UsageError("--compile-only needs --target (the GPU arch to compile for, e.g. sm_90)")
     if target:
-        from .envkey import normalize_target
+        from kernel_warmer.cache.envkey import normalize_target
 
         tri["compile_only_target"] = normalize_target(target)
     if getattr(args, "provider", None):
@@ -163,8 +163,8 @@ def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .modelconfig import load_arch
-    from .plan import plan_triton
+    from kernel_warmer.plan.model import load_arch
+    from kernel_warmer.plan.triton import plan_triton
 
     spec = spec_from_args(args)
     arch = load_arch(spec.model, spec.dtype)
@@ -172,9 +172,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     doc: dict[str, Any] = {"model_type": arch.model_type, "dtype": arch.dtype,
                            "tensor_parallel_size": spec.tensor_parallel_size, **tplan.to_dict()}
     try:
-        from .autotune_plan import plan_ops
+        from kernel_warmer.plan.flashinfer import plan_ops
     except ImportError as exc:
-        raise UsageError(f"kernel_warmer.autotune_plan is not importable ({exc}); "
+        raise UsageError(f"kernel_warmer.plan.flashinfer is not importable ({exc}); "
                          "the FlashInfer half of the plan is missing from this install") from None
     ops, skipped_ops = plan_ops(arch, spec.tensor_parallel_size, spec.flashinfer.max_num_batched_tokens,
                                 spec.flashinfer.quantization, args.sm)
@@ -204,7 +204,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .runner import check
+    from kernel_warmer.runner import check
 
     warm, reason, key = check(spec_from_args(args))
     print(f"{'warm' if warm else 'cold'}: {reason} (key {key})")
@@ -212,8 +212,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import WarmupSummary
-    from .runner import run, write_termination_message
+    from kernel_warmer.report import WarmupSummary
+    from kernel_warmer.runner import run
 
     try:
         spec = spec_from_args(args)
@@ -251,7 +251,7 @@ def _stdout_to_stderr():
 
 
 def _finish(summary, termination_log: str) -> None:
-    from .runner import write_termination_message
+    from kernel_warmer.runner import write_termination_message
 
     print(summary.to_json(), flush=True)
     write_termination_message(summary, termination_log)
@@ -270,7 +270,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"kernel-warmer {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        from .providers import ProviderError
+        from kernel_warmer.triton.providers import ProviderError
 
         if isinstance(exc, (ProviderError, ValueError)):
             print(f"kernel-warmer {args.command}: error: {exc}", file=sys.stderr)

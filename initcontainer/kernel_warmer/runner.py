@@ -13,17 +13,26 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from . import providers
-from .cache import CacheLayout, LockTimeout, file_lock
-from .envkey import EnvKey, compute_env_key
-from .faults import fault_point
-from .manifest import FileEntry, file_entries, manifest_key, repair, snapshot, verify, write_manifest
-from .modelconfig import ModelArch, load_arch
-from .plan import TritonPlan, plan_triton
-from .report import TritonCounts, WarmupSummary
-from .spec import WarmerSpec
+from kernel_warmer.cache.envkey import EnvKey, compute_env_key
+from kernel_warmer.cache.manifest import (
+    FileEntry,
+    file_entries,
+    manifest_key,
+    repair,
+    snapshot,
+    verify,
+    write_manifest,
+)
+from kernel_warmer.cache.volume import CacheLayout
+from kernel_warmer.faults import fault_point
+from kernel_warmer.files import LockTimeout, file_lock
+from kernel_warmer.plan.model import ModelArch, load_arch
+from kernel_warmer.plan.triton import TritonPlan, plan_triton
+from kernel_warmer.report import TritonCounts, WarmupSummary
+from kernel_warmer.spec import WarmerSpec
+from kernel_warmer.triton import providers
 
 Log = Callable[[str], None]
 
@@ -128,7 +137,7 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
         summary.status, summary.error = "failed", str(exc)
     except OSError as exc:
         summary.status, summary.error = "failed", describe_os_error(exc, layout)
-    except Exception as exc:  # the summary is the contract: report, never crash
+    except Exception as exc:  # noqa: BLE001 - the summary is the contract: report, never crash
         summary.status = "failed"
         summary.error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc.__cause__, OSError):
@@ -180,7 +189,9 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
     if spec.triton.enabled and r.triton.variants:
         os.environ["TRITON_CACHE_DIR"] = str(layout.triton_dir)
         before = snapshot(layout.triton_dir)
-        from .compile import compile_variants  # imports nothing heavy itself; workers do
+        from kernel_warmer.triton.compile import (
+            compile_variants,  # imports nothing heavy itself; workers do
+        )
 
         results = compile_variants(r.triton.variants, layout.triton_dir, r.provider, target=r.target,
                                    workers=spec.triton.workers, log=log, sequential=sequential)
@@ -201,7 +212,9 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
         files += file_entries(layout, sorted(written | kernel_files))
         fault_point("compiled")
     if spec.flashinfer.enabled:
-        from .autotune import run_phase  # written alongside; lazy: it imports flashinfer inside
+        from kernel_warmer.flashinfer.phase import (
+            run_phase,  # written alongside; lazy: it imports flashinfer inside
+        )
 
         fi = run_phase(spec, r.arch, layout, log)
         summary.flashinfer = fi

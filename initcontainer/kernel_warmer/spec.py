@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from .errors import FieldError
+from kernel_warmer.errors import FieldError
 
 SPEC_ENV = "KERNEL_WARMER_SPEC"
 

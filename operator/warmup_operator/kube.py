@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from warmup_operator import metrics, names
-from warmup_operator.targets import WorkloadKind
+from warmup_operator import metrics
+from warmup_operator.core import names
+from warmup_operator.core.kinds import WorkloadKind
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Kube:
             last = attempt == self.retry.attempts - 1
             try:
                 return self._call_once(method, path, body=body, query=query, content_type=content_type)
-            except Exception as exc:  # noqa: BLE001 - classified just below
+            except Exception as exc:
                 if last or not is_retryable(exc):
                     raise
                 wait = self.retry.delay(attempt, getattr(exc, "retry_after", None))

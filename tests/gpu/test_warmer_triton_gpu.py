@@ -36,8 +36,8 @@ def env_for(cache: Path | None = None) -> dict:
 
 
 def plan_doc(name: str, tp: int = 1) -> dict:
-    from kernel_warmer.modelconfig import load_arch
-    from kernel_warmer.plan import plan_triton
+    from kernel_warmer.plan.model import load_arch
+    from kernel_warmer.plan.triton import plan_triton
 
     return plan_triton(load_arch(str(CONFIGS / f"{name}.json")), tp).to_dict()
 
@@ -69,7 +69,7 @@ def warm(cache: Path, variants: list[dict], *extra: str, tag: str) -> dict:
 def probe(cache: Path, variants: list[dict], tag: str, **kw) -> dict:
     vf = cache.parent / f"{tag}-variants.json"
     vf.write_text(json.dumps(variants))
-    args = [sys.executable, "-m", "kernel_warmer.probe", "--variants", str(vf)]
+    args = [sys.executable, "-m", "kernel_warmer.triton.probe", "--variants", str(vf)]
     for k, v in kw.items():
         args += [f"--{k}", str(v)]
     out = subprocess.run(args, capture_output=True, text=True, env=env_for(cache), timeout=600)
@@ -81,10 +81,14 @@ def probe(cache: Path, variants: list[dict], tag: str, **kw) -> dict:
 @pytest.mark.parametrize("name", REAL)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_builtin_matches_sdpa_for_real_config_variants(name, dtype):
-    from kernel_warmer.kernels.prefill_attention import prefill_attention
-    from kernel_warmer.kernels.reference import random_ragged_batch, reference_prefill_attention
-    from kernel_warmer.modelconfig import load_arch
-    from kernel_warmer.plan import plan_triton
+    from support.reference_kernel import (
+        random_ragged_batch,
+        reference_prefill_attention,
+    )
+
+    from kernel_warmer.plan.model import load_arch
+    from kernel_warmer.plan.triton import plan_triton
+    from kernel_warmer.triton.kernels.prefill_attention import prefill_attention
 
     for tp in (1, 2):
         for i, v in enumerate(plan_triton(load_arch(str(CONFIGS / f"{name}.json"), dtype), tp).variants):

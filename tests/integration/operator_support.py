@@ -84,7 +84,8 @@ def simulate_init_termination(cluster, pod: dict, warmer_message: str, warmer_ex
     """Write every init container of ``pod`` as terminated into its status, the warmer with
     ``warmer_message`` as its termination message: what a kubelet would report."""
     from fake_kubelet import init_containers_terminated
-    from warmup_operator import names
+
+    from warmup_operator.core import names
 
     patch = init_containers_terminated(pod, names.WARMER_CONTAINER, warmer_message, warmer_exit_code)
     cluster.kubectl_run("patch", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"],

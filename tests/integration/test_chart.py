@@ -14,14 +14,24 @@ import re
 import time
 from pathlib import Path
 
+import helmchart
 import pytest
 import yaml
+from operator_process import OperatorProcess
+from operator_support import (
+    apply,
+    get,
+    get_list,
+    kernelwarmup,
+    namespace,
+    replicasets,
+    simulate_init_termination,
+    template_of,
+    vllm_deployment,
+    wait_for,
+)
 
-import helmchart
-from operator_support import (apply, get, get_list, kernelwarmup, namespace, replicasets, simulate_init_termination,
-                              template_of, vllm_deployment, wait_for)
-from warmup_operator import names
-from warmup_operator.localrun import OperatorProcess
+from warmup_operator.core import names
 
 pytestmark = pytest.mark.cluster
 CHART = helmchart.CHART
@@ -138,7 +148,7 @@ def test_lint_and_template(tools, values):
     assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
     assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"] and c["resources"]["requests"]
     # The args parse with the operator's own CLI (no flag the operator does not have).
-    from warmup_operator.main import parse_args
+    from warmup_operator.config import parse_args
     parsed = parse_args(c["args"])
     assert parsed.bootstrap_image == c["image"] and parsed.metrics_port == 9090
     svc = next(d for d in docs if d["kind"] == "Service")
@@ -162,7 +172,7 @@ def test_values_reach_the_operator_flags(tools):
                   "--set", "operator.verbose=true", "--set", "operator.resyncSeconds=30", "--set", "image.tag=9.9.9")
     assert "Service" not in {d["kind"] for d in docs}
     c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    from warmup_operator.main import parse_args
+    from warmup_operator.config import parse_args
     parsed = parse_args(c["args"])
     assert parsed.metrics_port == 0 and parsed.verbose and parsed.bootstrap_image == "reg.local/warm:1"
     assert c["image"].endswith(":9.9.9") and "metrics" not in {p["name"] for p in c["ports"]}

@@ -7,11 +7,21 @@ import json
 import time
 
 import pytest
+from operator_process import OperatorProcess
+from operator_support import (
+    apply,
+    get,
+    get_list,
+    install_crd,
+    kernelwarmup,
+    namespace,
+    replicasets,
+    template_of,
+    vllm_deployment,
+    wait_for,
+)
 
-from operator_support import (apply, get, get_list, install_crd, kernelwarmup, namespace, replicasets,
-                              template_of, vllm_deployment, wait_for)
-from warmup_operator import names
-from warmup_operator.localrun import OperatorProcess
+from warmup_operator.core import names
 
 pytestmark = pytest.mark.cluster
 RESYNC_S = 1.0

@@ -6,19 +6,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from operator_process import OperatorProcess
+from operator_support import (
+    apply,
+    get,
+    get_list,
+    install_crd,
+    kernelwarmup,
+    namespace,
+    replicasets,
+    template_of,
+    vllm_deployment,
+    wait_for,
+)
 
-from operator_support import (apply, get, get_list, install_crd, kernelwarmup, namespace, replicasets,
-                              template_of, vllm_deployment, wait_for)
 from kernel_warmer.faults import FAULT_ENV
-from warmup_operator import names
-from warmup_operator.inject import user_view
-from warmup_operator.localrun import OperatorProcess
+from warmup_operator.core import names
+from warmup_operator.core.uninject import user_view
 
 pytestmark = pytest.mark.cluster
 RESYNC_S = 1.0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from kernel_warmer.distributed import Payload, share_payload
+from kernel_warmer.dist.share import Payload, share_payload
 
 MAGIC = b"KWTEST"
 

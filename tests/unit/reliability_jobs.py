@@ -8,7 +8,7 @@ from typing import Optional
 
 from dist_jobs import ShareJob
 
-import kernel_warmer.distributed as distributed
+import kernel_warmer.dist.share as distributed
 
 
 @dataclass

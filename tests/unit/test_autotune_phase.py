@@ -6,9 +6,10 @@ import importlib.util
 
 import pytest
 
-from kernel_warmer.autotune import METADATA_FIELDS, env_key, run_phase
-from kernel_warmer.cache import CacheLayout
-from kernel_warmer.modelconfig import AttentionLayer, ModelArch
+from kernel_warmer.cache.volume import CacheLayout
+from kernel_warmer.flashinfer.phase import run_phase
+from kernel_warmer.flashinfer.tune import METADATA_FIELDS, env_key
+from kernel_warmer.plan.model import AttentionLayer, ModelArch
 from kernel_warmer.spec import ModelSource, WarmerSpec
 
 META = {"flashinfer_version": "0.6.18", "cuda_version": "13.0", "cublas_version": "13.1.0",

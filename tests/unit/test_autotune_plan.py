@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_warmer.autotune_plan import (
+from kernel_warmer.plan.flashinfer import (
     AutoTuneOp,
     PlanError,
     SkippedOp,
@@ -15,7 +15,7 @@ from kernel_warmer.autotune_plan import (
     kv_heads_per_rank,
     plan_ops,
 )
-from kernel_warmer.modelconfig import AttentionLayer, ModelArch, MoE
+from kernel_warmer.plan.model import AttentionLayer, ModelArch, MoE, load_arch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 
@@ -155,16 +155,8 @@ QWEN3_30B_A3B = {
 }
 
 
-def _load_arch():
-    from kernel_warmer import modelconfig
-
-    if not hasattr(modelconfig, "load_arch"):
-        pytest.skip("modelconfig.load_arch not written yet")
-    return modelconfig.load_arch
-
-
 def test_real_llama3_8b_config_tp4():
-    arch_ = _load_arch()(LLAMA3_8B)
+    arch_ = load_arch(LLAMA3_8B)
     ops, skipped = plan_ops(arch_, 4, 8192, "auto", 90)
     assert skipped == []
     assert shapes(ops) == {
@@ -174,7 +166,7 @@ def test_real_llama3_8b_config_tp4():
 
 
 def test_real_qwen3_moe_config_tp8_replicates_kv():
-    arch_ = _load_arch()(QWEN3_30B_A3B)
+    arch_ = load_arch(QWEN3_30B_A3B)
     ops, _ = plan_ops(arch_, 8, 8192, "auto", 90)
     got = shapes(ops)
     assert ("qkv", "bf16_gemm", (4 + 2 * 1) * 128, 2048) in got
@@ -185,7 +177,7 @@ def test_every_fixture_config_plans_without_crashing():
     files = sorted(FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
     if not files:
         pytest.skip("no tests/fixtures/configs yet")
-    load = _load_arch()
+    load = load_arch
     planned_any = False
     for path in files:
         arch_ = load(json.loads(path.read_text()))

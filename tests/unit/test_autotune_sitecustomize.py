@@ -132,3 +132,14 @@ def test_missing_cache_dir_is_harmless(world):
     """, KERNEL_WARMUP_FLASHINFER_DIR="/nonexistent/flashinfer")
     assert proc.stdout.strip() == "[]"
     assert "no tactic file" in proc.stderr
+
+
+def test_sitecustomize_literals_match_the_warmer():
+    """The sitecustomize is stdlib-only and imports nothing of the warmer, so the file
+    name it looks for is a literal: pinned here to the warmer's own constant."""
+    from kernel_warmer.flashinfer.tune import TUNE_FILE
+    from warmup_operator.core import names
+
+    source = (SITE / "sitecustomize.py").read_text()
+    assert f'"{TUNE_FILE}"' in source
+    assert names.ENV_FLASHINFER_DIR in source

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("torch.distributed")
 
-from dist_jobs import MAGIC, ShareJob  # noqa: E402
+from dist_jobs import MAGIC, ShareJob
 
-from kernel_warmer.distributed import run_local_workers  # noqa: E402
-from kernel_warmer.spec import DistributedSection  # noqa: E402
+from kernel_warmer.dist.workers import run_local_workers
+from kernel_warmer.spec import DistributedSection
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_warmer.distributed import WorldError, derive_world
+from kernel_warmer.dist.world import WorldError, derive_world
 from kernel_warmer.spec import DistributedSection
 
 LWS = {"LWS_LEADER_ADDRESS": "grp-0.grp.ns", "LWS_GROUP_SIZE": "2", "LWS_WORKER_INDEX": "1"}

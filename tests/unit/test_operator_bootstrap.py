@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,3 +47,32 @@ def test_bootstrap_names_a_missing_site_folder(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "e"), str(tmp_path / "nowhere")],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "sitecustomize.py" in r.stderr and "--site-src" in r.stderr
+
+
+# Test- and dev-only code stays out of what reaches every serving pod.
+DEV_ONLY = ("reference", "localrun", "operator_process", "conftest", "support", "ssa")
+
+
+def test_bootstrap_copies_no_test_or_dev_module(tmp_path):
+    dest = tmp_path / "kernel-warmup"
+    assert run_bootstrap(dest).returncode == 0
+    copied = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert "python/kernel_warmer/runner.py" in copied and "site/sitecustomize.py" in copied
+    for path in copied:
+        stem = Path(path).stem
+        assert not stem.startswith("test_") and not any(d in Path(path).parts or stem.startswith(d) for d in DEV_ONLY), path
+
+
+def test_the_warmer_subpackages_named_triton_and_flashinfer_shadow_nothing(tmp_path):
+    """kernel_warmer.triton / kernel_warmer.flashinfer sit under kernel_warmer/, never on
+    sys.path themselves: ``import triton`` is the real one, in the source tree and in a pod."""
+    pytest.importorskip("triton")
+    dest = tmp_path / "kernel-warmup"
+    assert run_bootstrap(dest).returncode == 0
+    code = ("import kernel_warmer.triton.compile, kernel_warmer.flashinfer.tune, triton, triton.language;"
+            "print(triton.__file__)")
+    for pythonpath in (str(ROOT / "initcontainer"), str(dest / "python")):
+        r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=os.pathsep.join([pythonpath, os.environ.get("PYTHONPATH", "")])),
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "kernel_warmer" not in r.stdout, r.stdout

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kernel_warmer.spec import WarmerSpec, camel
-from warmup_operator.crspec import WARMER_KEYS, parse_spec
+from warmup_operator.core.kernelwarmup import WARMER_KEYS, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from support.ssa import apply_fragment
 
-from warmup_operator import names
-from warmup_operator.crspec import parse_spec
-from warmup_operator.decide import CRRecord, decide
-from warmup_operator.inject import apply_fragment
-from warmup_operator.targets import DEPLOYMENT, LEADERWORKERSET, lists_are_keyed, selects
+from warmup_operator.core import names
+from warmup_operator.core.decide import CRRecord, decide
+from warmup_operator.core.kernelwarmup import parse_spec
+from warmup_operator.core.kinds import DEPLOYMENT, LEADERWORKERSET
+from warmup_operator.core.targets import lists_are_keyed, selects
 
 
 def deployment(name="llm", labels=None, template_ann=None, env=None):

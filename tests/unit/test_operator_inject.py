@@ -6,12 +6,14 @@ import copy
 import json
 
 import pytest
+from support.ssa import apply_fragment
 
 from kernel_warmer.spec import SPEC_ENV, WarmerSpec
-from warmup_operator import names
-from warmup_operator.crspec import parse_spec
-from warmup_operator.inject import (InjectionError, apply_fragment, build_injection, removal_fragment,
-                                    user_view)
+from warmup_operator.core import names
+from warmup_operator.core.containers import InjectionError
+from warmup_operator.core.inject import build_injection
+from warmup_operator.core.kernelwarmup import parse_spec
+from warmup_operator.core.uninject import removal_fragment, user_view
 
 
 def spec(**over):

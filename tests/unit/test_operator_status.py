@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 
 from kernel_warmer.report import TritonCounts, WarmupSummary
-from warmup_operator import names
-from warmup_operator.status import (StatusInputs, TargetState, compute_status, observe_pod, parse_summary,
-                                    same_status)
+from warmup_operator.core import names
+from warmup_operator.core.status import (
+    StatusInputs,
+    TargetState,
+    compute_status,
+    observe_pod,
+    parse_summary,
+    same_status,
+)
 
 
 def pod(message, exit_code=0, finished="2026-01-01T00:01:00Z", name="llm-7d9f-abcde"):

@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("triton")
 pytest.importorskip("torch")
 
-from kernel_warmer.cache import atomic_write_bytes  # noqa: E402
-from kernel_warmer.faults import FAULT_ENV  # noqa: E402
+from kernel_warmer.faults import FAULT_ENV
+from kernel_warmer.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "initcontainer"))

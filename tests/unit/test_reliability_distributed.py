@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch.distributed")
 
-from reliability_jobs import DieInBroadcastJob  # noqa: E402
-from test_distributed_share import run_pods  # noqa: E402
+from reliability_jobs import DieInBroadcastJob
+from test_distributed_share import run_pods
 
 
 def test_rank_dying_mid_broadcast_is_named_by_the_others_within_the_timeout(tmp_path):

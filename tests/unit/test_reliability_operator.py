@@ -15,13 +15,15 @@ import pytest
 
 from kernel_warmer.cli import build_parser, spec_from_args
 from kernel_warmer.spec import SPEC_ENV, WarmerSpec
-from warmup_operator import names
-from warmup_operator.controller import REDACTED, Controller, env_literals, redact
-from warmup_operator.crspec import SpecInvalid, parse_spec
-from warmup_operator.decide import CRRecord
-from warmup_operator.inject import InjectionError, build_injection, user_view, warmer_security_context
+from warmup_operator.core import names
+from warmup_operator.core.containers import InjectionError, warmer_security_context
+from warmup_operator.core.decide import CRRecord
+from warmup_operator.core.inject import build_injection
+from warmup_operator.core.kernelwarmup import SpecInvalid, parse_spec
+from warmup_operator.core.kinds import DEPLOYMENT
 from warmup_operator.kube import Kube, RetryPolicy, is_retryable
-from warmup_operator.targets import DEPLOYMENT
+from warmup_operator.reconcile import Controller
+from warmup_operator.redact import REDACTED, env_literals, redact
 
 
 def spec_doc(**over):
@@ -108,7 +110,7 @@ def test_nothing_from_a_cr_reaches_a_shell_and_values_arrive_verbatim():
 def test_selector_matching_a_non_gpu_workload_is_reported_not_injected():
     """A selector that also matches, say, a CPU-only web frontend: that workload gets an
     error naming spec.servingContainer in the CR's status, and no change."""
-    from warmup_operator.decide import decide
+    from warmup_operator.core.decide import decide
     obj = {"apiVersion": "apps/v1", "kind": "Deployment",
            "metadata": {"name": "frontend", "namespace": "ns", "labels": {"app": "vllm"}},
            "spec": {"template": template(container("web", gpus=0))}}

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from kernel_warmer.cli import main as cli_main
-from kernel_warmer.modelconfig import MAX_CONFIG_BYTES, ConfigError, load_arch
-from kernel_warmer.plan import plan_triton
+from kernel_warmer.plan.model import MAX_CONFIG_BYTES, ConfigError, load_arch
+from kernel_warmer.plan.triton import plan_triton
 from kernel_warmer.spec import SpecError, WarmerSpec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import torch
-from kernel_warmer.kernels.prefill_attention import prefill_attention
-from kernel_warmer.kernels.reference import random_ragged_batch, reference_prefill_attention
+from kernel_warmer.triton.kernels.prefill_attention import prefill_attention
+from support.reference_kernel import random_ragged_batch, reference_prefill_attention
 cases = [
     # heads, kv heads, head size, scale, window (q, k), softcap
     (4, 2, 64, None, (-1, -1), 0.0),
@@ -47,7 +47,7 @@ print("OK", worst)
 
 
 def test_kernel_matches_reference_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT / "initcontainer"))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT / "initcontainer"), str(ROOT / "tests")]))
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-3000:]
 
@@ -55,8 +55,7 @@ def test_kernel_matches_reference_under_interpreter():
 def test_reference_window_semantics_match_vllm_convention():
     """(W-1, 0) keeps exactly W keys (the query itself and W-1 before it)."""
     import torch
-
-    from kernel_warmer.kernels.reference import reference_prefill_attention
+    from support.reference_kernel import reference_prefill_attention
 
     L, W = 6, 3
     q = torch.zeros(L, 1, 16)

@@ -7,9 +7,16 @@ import multiprocessing
 import time
 from pathlib import Path
 
-from kernel_warmer.cache import CacheLayout, file_lock
-from kernel_warmer.envkey import compute_env_key, gpu_models, normalize_target
-from kernel_warmer.manifest import file_entries, manifest_key, repair, verify, write_manifest
+from kernel_warmer.cache.envkey import compute_env_key, gpu_models, normalize_target
+from kernel_warmer.cache.manifest import (
+    file_entries,
+    manifest_key,
+    repair,
+    verify,
+    write_manifest,
+)
+from kernel_warmer.cache.volume import CacheLayout
+from kernel_warmer.files import file_lock
 
 
 def make_cache(tmp_path: Path) -> tuple[CacheLayout, str, list[Path]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_warmer.modelconfig import ConfigError, load_arch
-from kernel_warmer.plan import plan_triton
+from kernel_warmer.plan.model import ConfigError, load_arch
+from kernel_warmer.plan.triton import plan_triton
 from kernel_warmer.spec import LayerSpec, ModelSource
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .cache import CacheLayout, atomic_write_bytes, sha256_file
+from kernel_warmer.cache.volume import CacheLayout
+from kernel_warmer.files import atomic_write_bytes, sha256_file
 
 SCHEMA = 1
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .faults import fault_point
-from .plan import TritonVariant
+from kernel_warmer.faults import fault_point
+from kernel_warmer.plan.triton import TritonVariant
 
 
 @dataclass
@@ -47,7 +47,7 @@ class VariantResult:
 
 def parse_target(target: str) -> tuple[str, int, int]:
     """"sm_90" -> ("cuda", 90, 32): the GPUTarget compile-only reports."""
-    from .envkey import normalize_target
+    from kernel_warmer.cache.envkey import normalize_target
 
     return ("cuda", int(normalize_target(target)[3:]), 32)
 
@@ -110,7 +110,7 @@ def _listen() -> list[tuple[bool, list[str]]]:
 
 def worker_init(device_queue, target, provider_name) -> None:
     """Pool initializer: pick this worker's GPU (or install the stub driver) once."""
-    from . import providers
+    from kernel_warmer.triton import providers
 
     _WORKER["provider"] = providers.get(provider_name)
     _WORKER["target"] = target
@@ -139,7 +139,7 @@ def compile_variant(variant: TritonVariant) -> VariantResult:
 
             _WORKER["provider"].launch(variant, _WORKER["device"])
             torch.cuda.synchronize()
-    except Exception as exc:  # reported per variant; one bad variant must not hide the others
+    except Exception as exc:  # noqa: BLE001 - reported per variant; one bad variant must not hide the others
         os_exc = _os_error_in(exc)
         return VariantResult(variant, "failed", time.monotonic() - start, error=traceback.format_exc(limit=6),
                              device=_WORKER["device"], os_errno=os_exc.errno if os_exc else None,

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .modelconfig import DTYPES, AttentionLayer, ConfigError, ModelArch
+from kernel_warmer.plan import tp as tp_split
+from kernel_warmer.plan.model import DTYPES, AttentionLayer, ConfigError, ModelArch
+from kernel_warmer.plan.tp import SplitFields
 
 NO_WINDOW = (-1, -1)
 
@@ -73,22 +75,9 @@ class TritonPlan:
 
 
 def per_rank_heads(layer: AttentionLayer, tp: int) -> tuple[int, int]:
-    """vLLM's split: query heads must divide evenly; KV heads are split, or replicated
-    (one per rank) when TP exceeds their count."""
-    if layer.num_heads % tp:
-        raise ConfigError(layer.heads_field,
-                          f"{layer.num_heads} attention heads are not divisible by tensor-parallel size {tp}; "
-                          f"pick a tensor-parallel size that divides {layer.num_heads}")
-    kv = layer.num_kv_heads
-    if tp >= kv:
-        if tp % kv:
-            raise ConfigError(layer.kv_heads_field,
-                              f"tensor-parallel size {tp} exceeds the {kv} KV heads but is not a multiple of it, "
-                              f"so they cannot be replicated evenly")
-        return layer.num_heads // tp, 1
-    if kv % tp:
-        raise ConfigError(layer.kv_heads_field, f"{kv} KV heads are not divisible by tensor-parallel size {tp}")
-    return layer.num_heads // tp, kv // tp
+    """The layer's heads on one rank, errors naming the layer's own fields."""
+    return tp_split.per_rank_heads(layer.num_heads, layer.num_kv_heads, tp,
+                                   SplitFields(layer.heads_field, layer.kv_heads_field, ConfigError))
 
 
 def window_pair(window: Optional[int]) -> tuple[int, int]:

@@ -11,9 +11,9 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from .errors import FieldError
+from kernel_warmer.errors import FieldError
 
 
 class ConfigError(FieldError):
@@ -102,7 +102,7 @@ def load_arch(source: Any, dtype_override: Optional[str] = None) -> ModelArch:
     ``source``: a ``spec.ModelSource``, a path to a config.json (or its folder), or an
     already-loaded config dict. ``dtype_override``: "auto"/None keeps the config's dtype.
     """
-    from .spec import ModelSource  # stdlib-only sibling
+    from kernel_warmer.spec import ModelSource  # stdlib-only sibling
 
     if isinstance(source, ModelSource):
         if source.layers is not None:

@@ -16,10 +16,10 @@ from typing import Any, Mapping, Optional
 
 from kernel_warmer.errors import FieldError
 from kernel_warmer.spec import SpecError, WarmerSpec, camel
+from warmup_operator.core import names
+from warmup_operator.core.kinds import KINDS as WORKLOAD_KINDS
 
-from warmup_operator import names
-
-KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
+KINDS = tuple(WORKLOAD_KINDS)  # kind names, in the one list's order
 # Spec keys that belong to the warmer's contract (everything but cacheDir, which the
 # operator derives from cache.mountPath).
 WARMER_KEYS = tuple(camel(f.name) for f in dataclasses.fields(WarmerSpec) if f.name != "cache_dir")

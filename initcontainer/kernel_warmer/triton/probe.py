@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from .plan import TritonVariant
+from kernel_warmer.plan.triton import TritonVariant
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from triton import knobs
     from triton.runtime.driver import driver
 
-    from . import providers
+    from kernel_warmer.triton import providers
 
     torch.ones(1, device="cuda").sum().item()  # CUDA context: paid once per process, not per variant
     driver.active.get_current_target()  # Triton's driver helper module
@@ -103,18 +103,22 @@ def _warm_triton_runtime(provider: str) -> None:
     _touch[(1,)](x)
     torch.cuda.synchronize()
     if provider == "builtin":
-        from .kernels.prefill_attention import _prefill_attention_kernel as fn
+        from kernel_warmer.triton.kernels.prefill_attention import (
+            _prefill_attention_kernel as fn,
+        )
 
         fn.cache_key  # noqa: B018 - the per-function source hash, computed once per process
-        fn.device_caches[torch.cuda.current_device()]  # noqa: B018 - its binder and backend
+        fn.device_caches[torch.cuda.current_device()]
 
 
 def _caller(prov, v, q, k, val, o, b_start, b_len, max_len):
     if prov.name == "builtin":
-        from .kernels.prefill_attention import prefill_attention
+        from kernel_warmer.triton.kernels.prefill_attention import prefill_attention
 
         return lambda: prefill_attention(q, k, val, o, b_start, b_len, max_len, scale=v.scale,
                                           softcap=v.softcap, sliding_window=v.sliding_window)
+    from kernel_warmer.triton import providers
+
     fn = prov._fn()
     kw = providers.accepted_kwargs(fn, {
         "is_causal": True, "softmax_scale": v.scale,

@@ -1,14 +1,4 @@
-"""The cache volume: layout, atomic writes and the cross-process lock.
-
-Layout (DESIGN.md):
-    <root>/triton/                    TRITON_CACHE_DIR (Triton's own content-addressed cache)
-    <root>/flashinfer/<env-key>/      autotune files
-    <root>/manifests/<key>.json       written last; what was warmed, with checksums
-    <root>/.lock                      flock held while a warmer writes
-
-Every file is written to a temp file in the same folder, fsynced and renamed into place,
-so a reader (the serving process, `check`) sees the old file or the new one, never half.
-"""
+"""Atomic writes, checksums and the cross-process lock (stdlib only; part of the contract)."""
 
 from __future__ import annotations
 
@@ -18,55 +8,13 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .faults import fault_point
+from kernel_warmer.faults import fault_point
 
 # atomic_write_bytes' temp files: ".<name>.<random>.tmp" next to the target.
 TEMP_GLOB = ".*.tmp"
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    root: Path
-
-    @property
-    def triton_dir(self) -> Path:
-        return self.root / "triton"
-
-    @property
-    def manifests_dir(self) -> Path:
-        return self.root / "manifests"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.root / ".lock"
-
-    def flashinfer_dir(self, env_key: str) -> Path:
-        return self.root / "flashinfer" / env_key
-
-    def manifest_path(self, key: str) -> Path:
-        return self.manifests_dir / f"{key}.json"
-
-    def create(self) -> None:
-        for d in (self.triton_dir, self.manifests_dir, self.root / "flashinfer"):
-            d.mkdir(parents=True, exist_ok=True)
-
-    def sweep_temp_files(self) -> list[Path]:
-        """Remove temp files a killed writer left (call with the lock held: then no live
-        writer of ours owns one). Only our own naming, only our own folders."""
-        removed = []
-        folders = [self.manifests_dir, *sorted((self.root / "flashinfer").glob("*"))]
-        for d in folders:
-            if not d.is_dir():
-                continue
-            for p in d.glob(TEMP_GLOB):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed.append(p)
-        return removed
 
 
 def sha256_bytes(data: bytes) -> str:

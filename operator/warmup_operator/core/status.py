@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from warmup_operator import names
+from warmup_operator.core import names
 
 try:  # the warmer's own summary model, when present
     from kernel_warmer.report import WarmupSummary  # type: ignore

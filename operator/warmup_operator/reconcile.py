@@ -1,27 +1,32 @@
 """Reconciliation glue: decisions (pure, decide.py) carried out through kube.py.
 
-Independent of kopf so it can be driven by the handlers in main.py and by tests alike.
+Independent of kopf so it can be driven by the handlers in handlers.py and by tests alike.
 Every write is preceded by a fresh GET and a second decision, under a per-workload lock,
-so a stale watch snapshot can never apply an outdated fragment.
-"""
+so a stale watch snapshot can never apply an outdated fragment."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from kernel_warmer.faults import fault_point
-
-from warmup_operator import metrics, names
-from warmup_operator.crspec import KernelWarmupSpec
-from warmup_operator.decide import CRRecord, Decision, decide
-from warmup_operator.status import StatusInputs, TargetState, WarmupObservation, compute_status, same_status
-from warmup_operator.targets import KINDS, LEADERWORKERSET, WorkloadKind, lists_are_keyed, selects
+from warmup_operator import metrics
+from warmup_operator.core import names
+from warmup_operator.core.decide import CRRecord, Decision, decide
+from warmup_operator.core.kernelwarmup import KernelWarmupSpec
+from warmup_operator.core.kinds import KINDS, LEADERWORKERSET, WorkloadKind
+from warmup_operator.core.status import (
+    StatusInputs,
+    TargetState,
+    WarmupObservation,
+    compute_status,
+    same_status,
+)
+from warmup_operator.core.targets import lists_are_keyed, selects
+from warmup_operator.redact import env_literals, redact
 
 log = logging.getLogger("warmup_operator")
 
@@ -67,7 +72,7 @@ class Controller:
         if kind is LEADERWORKERSET and d.action == "inject":
             crd = self.kube.get_crd(LWS_CRD)
             if crd is None or not lists_are_keyed(crd):
-                from warmup_operator.inject import InjectionError
+                from warmup_operator.core.containers import InjectionError
                 err = InjectionError("spec.targets.kinds", "this LeaderWorkerSet CRD does not key its pod-template "
                                      "lists by name, so server-side apply would replace the user's lists; not injecting")
                 return Decision("none", d.kind, d.name, d.namespace, owner=d.owner, error=err)
@@ -151,36 +156,6 @@ class Controller:
         return new
 
 
-_SENSITIVE = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
-def env_literals(kind: WorkloadKind, obj: Any) -> list[str]:
-    """Literal env values in the workload's pod templates that could be secrets: any value
-    of an env var whose name looks sensitive, and every other value of 8+ characters."""
-    from warmup_operator.targets import templates
-    out = set()
-    for _, t in templates(kind, obj or {}):
-        spec = t.get("spec") or {}
-        for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-            for e in c.get("env") or []:
-                v = e.get("value")
-                if isinstance(v, str) and (len(v) >= 8 or (len(v) >= 3 and _SENSITIVE.search(e.get("name", "")))):
-                    out.add(v)
-    return sorted(out, key=len, reverse=True)  # longest first: no partial leftovers
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with each secret replaced, also as JSON-escaped by the API server (Go's
-    encoder escapes quotes, backslashes and, HTML-safe, < > & as \\u003c \\u003e \\u0026)."""
-    for s in secrets:
-        quoted = json.dumps(s, ensure_ascii=False)[1:-1]
-        go = quoted.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        for form in dict.fromkeys((s, quoted, go, json.dumps(s)[1:-1])):
-            text = text.replace(form, REDACTED)
-    return text
-
-
 def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:
     """Whether ``cr`` selects this workload or has injected it (cheap pre-filter)."""
     if _owner_of(obj, kind) == cr.name:
@@ -193,8 +168,8 @@ def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:
 
 
 def _owner_of(obj: Any, kind: WorkloadKind) -> Optional[str]:
-    from warmup_operator.inject import live_owner
-    from warmup_operator.targets import templates
+    from warmup_operator.core.targets import templates
+    from warmup_operator.core.uninject import live_owner
     for _, t in templates(kind, obj):
         if live_owner(t):
             return live_owner(t)

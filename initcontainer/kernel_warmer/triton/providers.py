@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .plan import TritonVariant
+from kernel_warmer.plan.triton import TritonVariant
 
 PROVIDERS = ("auto", "builtin", "vllm")
 # Where vLLM keeps the packed prefill kernel, newest first.
@@ -105,7 +105,7 @@ class BuiltinProvider:
     name = "builtin"
 
     def launch(self, v: TritonVariant, device: str) -> None:
-        from .kernels.prefill_attention import prefill_attention
+        from kernel_warmer.triton.kernels.prefill_attention import prefill_attention
 
         q, k, val, o, b_start, b_len = synthetic_inputs(v, device)
         prefill_attention(q, k, val, o, b_start, b_len, max(SYNTHETIC_LENGTHS), scale=v.scale,
@@ -113,7 +113,10 @@ class BuiltinProvider:
 
     def compile_only(self, v: TritonVariant) -> Any:
         """JITFunction.warmup with shape-only tensors; the active driver decides the target."""
-        from .kernels.prefill_attention import _prefill_attention_kernel, kernel_args
+        from kernel_warmer.triton.kernels.prefill_attention import (
+            _prefill_attention_kernel,
+            kernel_args,
+        )
 
         dt = _torch_dtype(v.dtype)
         total = sum(SYNTHETIC_LENGTHS)

@@ -1,34 +1,35 @@
-"""``kernel-warmup-operator``: kopf handlers wired to the controller, plus the CLI.
+"""The kopf handlers, wired to the reconciler (the CLI is in config.py and __main__.py).
 
 Handlers are thin: indexes keep in-memory snapshots of KernelWarmups, workloads and
 warmer Pods; every handler turns them into a decision through ``Controller``. A periodic
-resync per KernelWarmup repairs anything a missed event left behind and refreshes status.
-"""
+resync per KernelWarmup repairs anything a missed event left behind and refreshes status."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
-import sys
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import kopf
 
-from warmup_operator import metrics, names
-from warmup_operator.controller import Controller, cr_ref
-from warmup_operator.crspec import SpecInvalid
-from warmup_operator.decide import CRRecord
-from warmup_operator.status import WarmupObservation, observe_pod
-from warmup_operator.targets import DEPLOYMENT, LEADERWORKERSET, STATEFULSET, WorkloadKind
+from warmup_operator import metrics
+from warmup_operator.config import CONFIG
+from warmup_operator.core import names
+from warmup_operator.core.decide import CRRecord
+from warmup_operator.core.kernelwarmup import SpecInvalid
+from warmup_operator.core.kinds import (
+    DEPLOYMENT,
+    LEADERWORKERSET,
+    STATEFULSET,
+    WorkloadKind,
+)
+from warmup_operator.core.status import WarmupObservation, observe_pod
+from warmup_operator.reconcile import Controller, cr_ref
 
 log = logging.getLogger("warmup_operator")
 
-CONFIG = {
-    "bootstrap_image": os.environ.get("KERNEL_WARMUP_BOOTSTRAP_IMAGE", names.DEFAULT_BOOTSTRAP_IMAGE),
-    "resync_seconds": float(os.environ.get("KERNEL_WARMUP_RESYNC_SECONDS", "10")),
-}
+
 _controller: Optional[Controller] = None
 
 
@@ -43,7 +44,7 @@ def controller() -> Controller:
 def _emit(obj: dict, type_: str, reason: str, message: str) -> None:
     try:
         kopf.event(obj, type=type_, reason=reason, message=message[:1024])
-    except Exception:  # noqa: BLE001 - events are best effort
+    except Exception:
         log.debug("event not posted", exc_info=True)
 
 
@@ -195,7 +196,7 @@ def _on_workload(kind: WorkloadKind, body: Any, type: Optional[str], namespace: 
         out = controller().reconcile_workload(kind, _snapshot(body), _crs(kw_index, namespace))
         if out.error:
             log.warning(out.error)
-    except Exception:  # noqa: BLE001 - one workload never stops the operator; resync retries
+    except Exception:
         metrics.RECONCILE_ERRORS.labels("workload").inc()
         log.exception("reconciling %s %s/%s", kind.kind, namespace, body.get("metadata", {}).get("name"))
 
@@ -231,49 +232,5 @@ def pod_event(body: Any, namespace: str, kw_index: Any, **_: Any) -> None:
 
 
 def _describe(obs: WarmupObservation) -> str:
-    from warmup_operator.status import display
+    from warmup_operator.core.status import display
     return display(obs)
-
-
-# --- CLI -------------------------------------------------------------------------------
-
-
-def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="kernel-warmup-operator", description="Inject kernel warmup into the workloads that KernelWarmup resources select.")
-    ap.add_argument("--namespace", "-n", action="append", default=[],
-                    help="watch only this namespace (repeatable); default: the whole cluster")
-    ap.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    ap.add_argument("--liveness", default=os.environ.get("KERNEL_WARMUP_LIVENESS", "http://0.0.0.0:8081/healthz"),
-                    help="liveness endpoint URL served by kopf ('' to disable)")
-    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("KERNEL_WARMUP_METRICS_PORT", "9090")),
-                    help="Prometheus metrics port (0 to disable)")
-    ap.add_argument("--bootstrap-image", default=CONFIG["bootstrap_image"],
-                    help="image with the warmer package, run as the bootstrap init container")
-    ap.add_argument("--log-format", choices=("json", "plain", "full"), default=os.environ.get("KERNEL_WARMUP_LOG_FORMAT", "json"))
-    ap.add_argument("--verbose", "-v", action="store_true")
-    return ap.parse_args(list(argv) if argv is not None else None)
-
-
-def main(argv: Optional[Iterable[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
-    CONFIG["bootstrap_image"] = args.bootstrap_image
-    fmt = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}[args.log_format]
-    kopf.configure(verbose=args.verbose, log_format=fmt)
-    if not args.verbose:  # kopf logs every handler run at INFO; keep the operator's own lines
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-        start_http_server(args.metrics_port)
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness or None,
-    )
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -2,46 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping
 
-from warmup_operator.crspec import Requirement, Targets
-
-
-@dataclass(frozen=True)
-class WorkloadKind:
-    kind: str
-    group: str
-    version: str
-    plural: str
-    # Paths (under the object root) of the pod templates to inject into.
-    template_paths: tuple[tuple[str, ...], ...]
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str, name: str) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        return f"{base}/namespaces/{namespace}/{self.plural}/{name}"
-
-
-DEPLOYMENT = WorkloadKind("Deployment", "apps", "v1", "deployments", (("spec", "template"),))
-STATEFULSET = WorkloadKind("StatefulSet", "apps", "v1", "statefulsets", (("spec", "template"),))
-LEADERWORKERSET = WorkloadKind(
-    "LeaderWorkerSet", "leaderworkerset.x-k8s.io", "v1", "leaderworkersets",
-    (("spec", "leaderWorkerTemplate", "workerTemplate"), ("spec", "leaderWorkerTemplate", "leaderTemplate")),
-)
-KINDS: dict[str, WorkloadKind] = {k.kind: k for k in (DEPLOYMENT, STATEFULSET, LEADERWORKERSET)}
-
-
-def get_path(obj: Mapping[str, Any], path: Iterable[str]) -> Optional[Any]:
-    cur: Any = obj
-    for p in path:
-        if not isinstance(cur, Mapping) or p not in cur:
-            return None
-        cur = cur[p]
-    return cur
+from warmup_operator.core.dicts import get_path
+from warmup_operator.core.kernelwarmup import Requirement, Targets
+from warmup_operator.core.kinds import WorkloadKind
 
 
 def templates(kind: WorkloadKind, obj: Mapping[str, Any]) -> list[tuple[tuple[str, ...], dict]]:
@@ -51,20 +16,6 @@ def templates(kind: WorkloadKind, obj: Mapping[str, Any]) -> list[tuple[tuple[st
         t = get_path(obj, p)
         if isinstance(t, dict):
             out.append((p, t))
-    return out
-
-
-def nest(path: tuple[str, ...], value: Any) -> dict:
-    out: Any = value
-    for p in reversed(path):
-        out = {p: out}
-    return out
-
-
-def deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
     return out
 
 

@@ -3,7 +3,7 @@
 Rank 0 runs each planned op once at M = m_max inside
 ``flashinfer.autotuner.autotune(tune_mode=True, cache=PATH)``: ``choose_one`` then profiles
 every M bucket up to m_max (``get_hybrid_num_tokens_buckets``) and the context saves the
-winners to PATH on exit. The file's bytes go through ``distributed.share_payload``, which
+winners to PATH on exit. The file's bytes go through ``kernel_warmer.dist.share.share_payload``, which
 writes them to ``<cache>/flashinfer/<env-key>/autotune.json`` and proves every rank loaded
 the same bytes (``AutoTuner.load_configs`` returned True everywhere).
 
@@ -16,8 +16,7 @@ Things found in FlashInfer 0.6.18's source that shape this module:
   for "cublaslt": each GEMM is tuned once per backend the server may pick;
 - the fused-MoE key holds ``tp_rank``/``ep_rank``: rank 0 tunes the experts once per TP
   rank, or the other ranks would miss every MoE shape;
-- mm_bf16's "auto" backend needs nvidia-cutlass-dsl, so the backends are named.
-"""
+- mm_bf16's "auto" backend needs nvidia-cutlass-dsl, so the backends are named."""
 
 from __future__ import annotations
 
@@ -25,16 +24,13 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .autotune_plan import MOE_OP, AutoTuneOp, SkippedOp, plan_ops
-from .cache import CacheLayout, sha256_file
+from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
 
 TUNE_FILE = "autotune.json"
 BF16_BACKENDS = ("cudnn", "cublaslt")
@@ -75,9 +71,8 @@ def current_sm() -> Optional[int]:
 
 
 def _run_gemm(op: AutoTuneOp, backend: str, device: Any) -> None:
-    import torch
-
     import flashinfer
+    import torch
 
     m, n, k = op.m_max, op.n, op.k
     if op.op == "bf16_gemm":
@@ -99,9 +94,8 @@ def _run_gemm(op: AutoTuneOp, backend: str, device: Any) -> None:
 
 
 def _run_moe(op: AutoTuneOp, arch_moe: Any, quant: str, tp: int, tp_rank: int, device: Any) -> None:
-    import torch
-
     import flashinfer
+    import torch
 
     m, hidden, n2 = op.m_max, op.k, op.n
     experts, topk = arch_moe.num_experts, arch_moe.experts_per_token
@@ -139,9 +133,8 @@ def settle_workspace(device: Any, log: Callable[[str], None] = print) -> None:
     grown it) missed them. One small unplanned GEMM here puts every entry at the size a
     serving process looks up with.
     """
-    import torch
-
     import flashinfer
+    import torch
 
     try:
         a = torch.randn(8, 256, device=device, dtype=torch.bfloat16)
@@ -190,116 +183,3 @@ def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, ar
                 log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} M<={op.m_max} {label} in {secs:.1f}s")
     report.seconds = time.monotonic() - t0
     return report
-
-
-# --- the distributed job -----------------------------------------------------------------
-
-
-@dataclass
-class AutotuneJob:
-    """Runs in every spawned worker: rank 0 tunes, everyone receives, writes, loads, verifies."""
-
-    ops: list[dict[str, Any]]
-    flashinfer_root: str  # <cache>/flashinfer
-    tp: int
-    quant: str
-    moe: Any = None
-    produce_timeout_s: float = 1800.0
-    bf16_backends: tuple[str, ...] = BF16_BACKENDS
-    fp8_backends: tuple[str, ...] = FP8_BACKENDS
-    use_cuda: bool = True
-
-    def __call__(self, world: Any, rdv: Any, device: Any) -> dict[str, Any]:
-        from flashinfer.autotuner import AutoTuner
-
-        from .distributed import Payload, share_payload
-
-        report: dict[str, Any] = {}
-        root = Path(self.flashinfer_root)
-
-        def produce() -> Payload:
-            ops = [AutoTuneOp(**o) for o in self.ops]
-            key = current_env_key()
-            with tempfile.TemporaryDirectory(prefix="kw-fi-") as tmp:
-                path = Path(tmp) / TUNE_FILE
-                existing = root / key / TUNE_FILE
-                if existing.is_file():  # start from the warm file: covered shapes are hits
-                    path.write_bytes(existing.read_bytes())
-                rep = tune_ops(ops, path, tp=self.tp, quant=self.quant, arch_moe=self.moe, device=device,
-                               log=lambda s: print(s, flush=True), bf16_backends=self.bf16_backends,
-                               fp8_backends=self.fp8_backends)
-                report.update(tuned=rep.tuned, skipped=rep.skipped, tune_s=round(rep.seconds, 3),
-                              warm_start=existing.is_file())
-                data = path.read_bytes() if path.is_file() else b""
-            if not data:
-                raise RuntimeError("FlashInfer saved no tactics (every planned op was skipped)")
-            return Payload(data, key)
-
-        def load(path: Path) -> bool:
-            return bool(AutoTuner.get().load_configs(str(path)))
-
-        res = share_payload(world, rdv, produce, lambda key: root / key / TUNE_FILE, device=device,
-                            local_key=current_env_key, loader=load,
-                            produce_timeout_s=self.produce_timeout_s)
-        return {**res.to_dict(), **report}
-
-
-def local_gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], None]) -> dict[str, Any]:
-    """The ``kernel-warmer run`` entry: summary["flashinfer"] (JSON-able), never raises for
-    a missing FlashInfer or an op the GPU cannot run; raises on rank disagreement/timeouts."""
-    from .distributed import run_local_workers
-
-    t0 = time.monotonic()
-    fi = spec.flashinfer
-    if not fi.enabled:
-        return {"status": "skipped: disabled in spec"}
-    if not flashinfer_available():
-        return {"status": "skipped: flashinfer not installed"}
-    gpus = local_gpu_count()
-    if gpus == 0:
-        return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
-    sm = current_sm()
-    ops, skipped = plan_ops(arch, spec.tensor_parallel_size, fi.max_num_batched_tokens, fi.quantization, sm)
-    quant = arch.quantization if fi.quantization == "auto" else fi.quantization
-    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped], "sm": sm, "gpus_in_pod": gpus}
-    if not ops:
-        return {"status": "skipped: nothing to tune", **base}
-    job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(layout.root / "flashinfer"),
-                      tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
-                      produce_timeout_s=float(spec.timeout_seconds))
-    log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
-    outcomes = run_local_workers(job, gpus, spec=spec.distributed,
-                                 timeout_s=float(spec.distributed.timeout_seconds),
-                                 total_timeout_s=float(spec.timeout_seconds),
-                                 # a long cuDNN plan build can hold the GIL on rank 0 for a while
-                                 stale_after_s=60.0)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        msgs = "; ".join(f"local rank {o.local_rank}: {o.error or f'exit {o.exitcode}'}" for o in failed)
-        raise RuntimeError(f"flashinfer autotune broadcast failed: {msgs}")
-    first = outcomes[0].result
-    files = []
-    if first.get("wrote"):
-        files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
-    return {
-        **base,
-        "status": "ok",
-        "tuned": len(first.get("tuned", [])) if "tuned" in first else None,
-        "tuned_ops": first.get("tuned"),
-        "skipped_ops": base["skipped_ops"] + list(first.get("skipped") or []),
-        "tune_seconds": first.get("tune_s"),
-        "warm_start": first.get("warm_start"),
-        "seconds": round(time.monotonic() - t0, 3),
-        "env_key": Path(first["path"]).parent.name,
-        "sha256": first["sha256"],
-        "bytes": first["size"],
-        "ranks": [{"rank": r["rank"], "host": r.get("host"), "loaded": r.get("loaded"),
-                   "sha256": r.get("sha_file")} for r in first["per_rank"]],
-        "files": files,
-    }

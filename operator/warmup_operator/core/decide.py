@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from warmup_operator import inject, names
-from warmup_operator.crspec import KernelWarmupSpec, SpecInvalid, parse_spec
-from warmup_operator.targets import KINDS, WorkloadKind, deep_merge, nest, selects, templates
+from warmup_operator.core import inject, names, uninject
+from warmup_operator.core.dicts import deep_merge, nest
+from warmup_operator.core.kernelwarmup import KernelWarmupSpec, SpecInvalid, parse_spec
+from warmup_operator.core.kinds import KINDS, WorkloadKind
+from warmup_operator.core.targets import selects, templates
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
     name, namespace, labels = workload_meta(obj)
     tmpls = templates(kind, obj)
     base = dict(kind=kind.kind, name=name, namespace=namespace)
-    live_owners = {inject.live_owner(t) for _, t in tmpls} - {None}
+    live_owners = {uninject.live_owner(t) for _, t in tmpls} - {None}
 
     parsed = [(cr, cr.parsed()) for cr in crs if cr.namespace == namespace and not cr.deleting]
     selecting = sorted(
@@ -95,7 +97,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         warnings: list[str] = []
         for path, t in tmpls:
             try:
-                inj = inject.build_injection(spec, inject.user_view(t), cr_name=owner.name,
+                inj = inject.build_injection(spec, uninject.user_view(t), cr_name=owner.name,
                                              default_bootstrap_image=default_bootstrap_image)
             except inject.InjectionError as exc:
                 return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
@@ -103,7 +105,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
             warnings.extend(inj.warnings)
             merged = deep_merge(merged, nest(path, inj.fragment))
         h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
-        up_to_date = all(inject.live_hash(t) == d and inject.live_owner(t) == owner.name
+        up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
                          for (_, t), d in zip(tmpls, desired))
         if up_to_date:
             return Decision("none", **base, owner=owner.name, hash=h, conflicts=conflicts, warnings=tuple(warnings))
@@ -119,7 +121,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
             return Decision("none", **base, owner=cr.name)
     merged = {}
     for path, t in tmpls:
-        frag = inject.removal_fragment(t)
+        frag = uninject.removal_fragment(t)
         if frag:
             merged = deep_merge(merged, nest(path, frag))
     return Decision("remove", **base, body=apply_body(kind, name, namespace, merged))

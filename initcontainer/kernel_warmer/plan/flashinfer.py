@@ -26,8 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import FieldError
-from .modelconfig import ModelArch
+from kernel_warmer.errors import FieldError
+from kernel_warmer.plan import tp as tp_split
+from kernel_warmer.plan.model import ModelArch
+from kernel_warmer.plan.tp import SplitFields
 
 GEMM_OP = {"none": "bf16_gemm", "fp8": "fp8_gemm", "nvfp4": "fp4_gemm"}
 MOE_OP = "cutlass_fused_moe"
@@ -85,21 +87,12 @@ def gemm_tuning_m(max_tokens: int) -> int:
     return _next_pow2(max_tokens)
 
 
+# FlashInfer's plan names the one field it takes: the tensor-parallel size.
+TP_FIELDS = SplitFields("tensorParallelSize", "tensorParallelSize", PlanError)
+
+
 def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:
-    """vLLM's split: replicate KV heads when tp >= their count, else divide them."""
-    if tp >= num_kv_heads:
-        if tp % num_kv_heads:
-            raise PlanError(
-                "tensorParallelSize",
-                f"{tp} is not a multiple of the model's {num_kv_heads} KV heads; "
-                "choose a tensor-parallel size that divides or is a multiple of it",
-            )
-        return 1
-    if num_kv_heads % tp:
-        raise PlanError(
-            "tensorParallelSize", f"{num_kv_heads} KV heads do not split evenly over {tp} ranks"
-        )
-    return num_kv_heads // tp
+    return tp_split.kv_heads_per_rank(num_kv_heads, tp, TP_FIELDS)
 
 
 def _split(total: int, tp: int, what: str) -> int:
@@ -118,8 +111,7 @@ def _linear_shapes(arch: ModelArch, tp: int) -> list[tuple[str, int, int]]:
         if key in seen_attn:
             continue
         seen_attn.add(key)
-        heads = _split(layer.num_heads, tp, "num_attention_heads")
-        kv = kv_heads_per_rank(layer.num_kv_heads, tp)
+        heads, kv = tp_split.per_rank_heads(layer.num_heads, layer.num_kv_heads, tp, TP_FIELDS)
         shapes.append(("qkv", (heads + 2 * kv) * layer.head_size, hidden))
         shapes.append(("o", hidden, heads * layer.head_size))
     if arch.intermediate_size:

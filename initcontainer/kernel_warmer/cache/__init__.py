@@ -1,0 +1,1 @@
+"""The cache volume: layout, manifest, environment key."""

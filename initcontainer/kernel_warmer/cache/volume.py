@@ -1,0 +1,74 @@
+"""The cache volume's layout: the one source of its sub-paths (the operator's env uses them too).
+
+Layout (DESIGN.md):
+    <root>/triton/                    TRITON_CACHE_DIR (Triton's own content-addressed cache)
+    <root>/flashinfer/<env-key>/      autotune files
+    <root>/manifests/<key>.json       written last; what was warmed, with checksums
+    <root>/.lock                      flock held while a warmer writes
+
+Every file is written to a temp file in the same folder, fsynced and renamed into place
+(``kernel_warmer.files``), so a reader (the serving process, `check`) sees the old file or
+the new one, never half. Stdlib only: the operator imports it."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernel_warmer.files import TEMP_GLOB
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    root: Path
+
+    # Sub-paths under the root; ``sub_path`` gives them for a mount path as the operator
+    # writes it into the pod's env (a plain string, not normalised).
+    TRITON = "triton"
+    FLASHINFER = "flashinfer"
+    MANIFESTS = "manifests"
+
+    @staticmethod
+    def sub_path(mount: str, sub: str) -> str:
+        return f"{mount}/{sub}"
+
+    @property
+    def triton_dir(self) -> Path:
+        return self.root / self.TRITON
+
+    @property
+    def flashinfer_root(self) -> Path:
+        return self.root / self.FLASHINFER
+
+    @property
+    def manifests_dir(self) -> Path:
+        return self.root / self.MANIFESTS
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    def flashinfer_dir(self, env_key: str) -> Path:
+        return self.flashinfer_root / env_key
+
+    def manifest_path(self, key: str) -> Path:
+        return self.manifests_dir / f"{key}.json"
+
+    def create(self) -> None:
+        for d in (self.triton_dir, self.manifests_dir, self.flashinfer_root):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def sweep_temp_files(self) -> list[Path]:
+        """Remove temp files a killed writer left (call with the lock held: then no live
+        writer of ours owns one). Only our own naming, only our own folders."""
+        removed = []
+        folders = [self.manifests_dir, *sorted(self.flashinfer_root.glob("*"))]
+        for d in folders:
+            if not d.is_dir():
+                continue
+            for p in d.glob(TEMP_GLOB):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        return removed

@@ -1,0 +1,1 @@
+"""One payload made on rank 0, identical on every rank: world, rendezvous, share, workers."""

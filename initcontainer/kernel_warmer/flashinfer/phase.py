@@ -1,0 +1,132 @@
+"""The FlashInfer phase as ``kernel-warmer run`` runs it: one worker per GPU, rank 0 tunes, every rank verifies."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kernel_warmer.cache.volume import CacheLayout
+from kernel_warmer.files import sha256_file
+from kernel_warmer.flashinfer.tune import (
+    BF16_BACKENDS,
+    FP8_BACKENDS,
+    TUNE_FILE,
+    current_env_key,
+    current_sm,
+    flashinfer_available,
+    tune_ops,
+)
+from kernel_warmer.plan.flashinfer import AutoTuneOp, plan_ops
+
+
+@dataclass
+class AutotuneJob:
+    """Runs in every spawned worker: rank 0 tunes, everyone receives, writes, loads, verifies."""
+
+    ops: list[dict[str, Any]]
+    flashinfer_root: str  # <cache>/flashinfer
+    tp: int
+    quant: str
+    moe: Any = None
+    produce_timeout_s: float = 1800.0
+    bf16_backends: tuple[str, ...] = BF16_BACKENDS
+    fp8_backends: tuple[str, ...] = FP8_BACKENDS
+    use_cuda: bool = True
+
+    def __call__(self, world: Any, rdv: Any, device: Any) -> dict[str, Any]:
+        from flashinfer.autotuner import AutoTuner
+
+        from kernel_warmer.dist.share import Payload, share_payload
+
+        report: dict[str, Any] = {}
+        root = Path(self.flashinfer_root)
+
+        def produce() -> Payload:
+            ops = [AutoTuneOp(**o) for o in self.ops]
+            key = current_env_key()
+            with tempfile.TemporaryDirectory(prefix="kw-fi-") as tmp:
+                path = Path(tmp) / TUNE_FILE
+                existing = root / key / TUNE_FILE
+                if existing.is_file():  # start from the warm file: covered shapes are hits
+                    path.write_bytes(existing.read_bytes())
+                rep = tune_ops(ops, path, tp=self.tp, quant=self.quant, arch_moe=self.moe, device=device,
+                               log=lambda s: print(s, flush=True), bf16_backends=self.bf16_backends,
+                               fp8_backends=self.fp8_backends)
+                report.update(tuned=rep.tuned, skipped=rep.skipped, tune_s=round(rep.seconds, 3),
+                              warm_start=existing.is_file())
+                data = path.read_bytes() if path.is_file() else b""
+            if not data:
+                raise RuntimeError("FlashInfer saved no tactics (every planned op was skipped)")
+            return Payload(data, key)
+
+        def load(path: Path) -> bool:
+            return bool(AutoTuner.get().load_configs(str(path)))
+
+        res = share_payload(world, rdv, produce, lambda key: root / key / TUNE_FILE, device=device,
+                            local_key=current_env_key, loader=load,
+                            produce_timeout_s=self.produce_timeout_s)
+        return {**res.to_dict(), **report}
+
+
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], None]) -> dict[str, Any]:
+    """The ``kernel-warmer run`` entry: summary["flashinfer"] (JSON-able), never raises for
+    a missing FlashInfer or an op the GPU cannot run; raises on rank disagreement/timeouts."""
+    from kernel_warmer.dist.workers import run_local_workers
+
+    t0 = time.monotonic()
+    fi = spec.flashinfer
+    if not fi.enabled:
+        return {"status": "skipped: disabled in spec"}
+    if not flashinfer_available():
+        return {"status": "skipped: flashinfer not installed"}
+    gpus = local_gpu_count()
+    if gpus == 0:
+        return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
+    sm = current_sm()
+    ops, skipped = plan_ops(arch, spec.tensor_parallel_size, fi.max_num_batched_tokens, fi.quantization, sm)
+    quant = arch.quantization if fi.quantization == "auto" else fi.quantization
+    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped], "sm": sm, "gpus_in_pod": gpus}
+    if not ops:
+        return {"status": "skipped: nothing to tune", **base}
+    job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(layout.flashinfer_root),
+                      tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
+                      produce_timeout_s=float(spec.timeout_seconds))
+    log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
+    outcomes = run_local_workers(job, gpus, spec=spec.distributed,
+                                 timeout_s=float(spec.distributed.timeout_seconds),
+                                 total_timeout_s=float(spec.timeout_seconds),
+                                 # a long cuDNN plan build can hold the GIL on rank 0 for a while
+                                 stale_after_s=60.0)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        msgs = "; ".join(f"local rank {o.local_rank}: {o.error or f'exit {o.exitcode}'}" for o in failed)
+        raise RuntimeError(f"flashinfer autotune broadcast failed: {msgs}")
+    first = outcomes[0].result
+    files = []
+    if first.get("wrote"):
+        files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
+    return {
+        **base,
+        "status": "ok",
+        "tuned": len(first.get("tuned", [])) if "tuned" in first else None,
+        "tuned_ops": first.get("tuned"),
+        "skipped_ops": base["skipped_ops"] + list(first.get("skipped") or []),
+        "tune_seconds": first.get("tune_s"),
+        "warm_start": first.get("warm_start"),
+        "seconds": round(time.monotonic() - t0, 3),
+        "env_key": Path(first["path"]).parent.name,
+        "sha256": first["sha256"],
+        "bytes": first["size"],
+        "ranks": [{"rank": r["rank"], "host": r.get("host"), "loaded": r.get("loaded"),
+                   "sha256": r.get("sha_file")} for r in first["per_rank"]],
+        "files": files,
+    }

@@ -1,0 +1,1 @@
+"""Compiling Triton prefill-attention variants (imports the real triton lazily, absolute imports only)."""
