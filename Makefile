@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 CLUSTER_DIR ?= .cluster
 PYTEST_ARGS ?=
 
-.PHONY: help setup controlplane test test-unit test-integration gpu-test demo cluster-up cluster-down lint bench clean
+.PHONY: help setup controlplane lint-python test test-unit test-integration gpu-test demo cluster-up cluster-down lint bench clean
 
 help:
 	@echo "make demo          local control plane + operator + examples, end to end"
@@ -21,6 +21,7 @@ help:
 	@echo "make cluster-down  stop it and delete its data"
 	@echo "make gpu-test      GPU tests (on a machine with CUDA)"
 	@echo "make bench         CPU benchmarks"
+	@echo "make lint          ruff, import-linter (.importlinter), byte-compile, helm lint"
 
 # Always run: it takes seconds when the dependency folder exists, and re-points .venv at
 # the right one when pyproject.toml or $(CACHE) changed (a stale .venv is never trusted).
@@ -31,8 +32,12 @@ setup:
 controlplane:
 	$(PYTHON) devcluster/devcluster.py build
 
+# ruff + import-linter (the layer rules in .importlinter): run by `make lint` and first by `make test`.
+lint-python: setup
+	$(PY) scripts/lint.py
+
 # pytest exits 5 when it collects nothing: say so, and fail (make then exits non-zero).
-test: setup controlplane
+test: setup controlplane lint-python
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS) || { rc=$$?; \
 	  [ $$rc -ne 5 ] || echo "make test: pytest collected no tests (exit 5): failing" >&2; exit $$rc; }
 
@@ -57,7 +62,7 @@ demo: setup cluster-up
 bench: setup
 	$(PY) bench/bench_triton_warmup.py --skip-gpu
 
-lint: setup controlplane
+lint: setup controlplane lint-python
 	$(PY) -m compileall -q initcontainer operator tests bench devcluster scripts
 	helm=$$($(PYTHON) devcluster/devcluster.py bin helm); \
 	  $$helm lint --strict charts/kernel-warmup && \
