@@ -1,4 +1,4 @@
-"""Picklable jobs for test_reliability_distributed.py (spawned children import this)."""
+"""Picklable jobs for test_dist_share_faults.py (spawned children import this)."""
 
 from __future__ import annotations
 

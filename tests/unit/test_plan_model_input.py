@@ -3,7 +3,7 @@
 Each case must end in a ConfigError/SpecError/usage error naming the field (or the file),
 never in a traceback, a hang or a memory blow-up. Cases already covered elsewhere (missing
 heads/head_dim, kv not dividing heads, layer_types length, bad JSON, missing file) are in
-test_warmer_plan.py / test_warmer_cli.py and not repeated here.
+test_plan_triton.py / test_cli.py and not repeated here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from kernel_warmer.cli import main as cli_main
 from kernel_warmer.plan.model import MAX_CONFIG_BYTES, ConfigError, load_arch
 from kernel_warmer.plan.triton import plan_triton
 from kernel_warmer.spec import SpecError, WarmerSpec
+
+pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,8 @@
 concurrent warmers, a warmer SIGKILLed at each stage, a full and a read-only volume,
 foreign entries in the same folder, and readers racing a writer.
 
-Extends test_warmer_compile_only.py (one warmer, damage repair, two concurrent warmers)
-and test_warmer_manifest.py (truncated/bit-flipped files and manifests, lock).
+Extends test_triton_compile.py (one warmer, damage repair, two concurrent warmers)
+and test_cache_manifest.py (truncated/bit-flipped files and manifests, lock).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ pytest.importorskip("torch")
 
 from kernel_warmer.faults import FAULT_ENV
 from kernel_warmer.files import atomic_write_bytes
+
+pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "initcontainer"))

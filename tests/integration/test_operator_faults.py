@@ -29,7 +29,7 @@ from kernel_warmer.faults import FAULT_ENV
 from warmup_operator.core import names
 from warmup_operator.core.uninject import user_view
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.reliability]
 RESYNC_S = 1.0
 TOKEN = "hf_ReliabilityTestToken0123456789abcdefXYZ"
 
@@ -103,7 +103,7 @@ def test_user_edits_during_injection_are_kept_and_injection_is_kept(cluster, crd
     """Server-side apply merges per field owner, so an edit racing the operator is neither
     overwritten nor does it knock the injection out. (SSA sends no resourceVersion, so
     there is no 409 to retry here; the 409/5xx retry policy is unit-tested with a fake
-    transport in tests/unit/test_reliability_operator.py.)"""
+    transport in tests/unit/test_kube.py.)"""
     ns = namespace(cluster, "rel-conflict")
     apply(cluster, user_deployment("llm", ns))
     op = start_operator(cluster, tmp_path, ns, "conflict")

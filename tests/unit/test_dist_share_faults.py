@@ -1,4 +1,4 @@
-"""Distributed faults not covered in test_distributed_share.py (which has: a rank that
+"""Distributed faults not covered in test_dist_share.py (which has: a rank that
 never joins, a rank that dies right after joining, rank 0 dying, a hash mismatch): a rank
 that dies *during* the payload broadcast. Real torch.distributed over gloo, processes."""
 
@@ -11,7 +11,9 @@ import pytest
 pytest.importorskip("torch.distributed")
 
 from reliability_jobs import DieInBroadcastJob
-from test_distributed_share import run_pods
+from test_dist_share import run_pods
+
+pytestmark = pytest.mark.reliability
 
 
 def test_rank_dying_mid_broadcast_is_named_by_the_others_within_the_timeout(tmp_path):

@@ -1,0 +1,43 @@
+"""A selector that also matches a workload without GPUs: an error for the CR's status, no change
+(reliability)."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmup_operator.core.decide import CRRecord
+from warmup_operator.core.kinds import DEPLOYMENT
+
+pytestmark = pytest.mark.reliability
+
+
+def spec_doc(**over):
+    base = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/models/m/config.json"}}
+    base.update(over)
+    return base
+
+
+def container(name="vllm", gpus=1, **extra):
+    c = {"name": name, "image": "vllm/vllm-openai:v0.11.0", "args": ["--model", "/models/m"]}
+    if gpus:
+        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    c.update(extra)
+    return c
+
+
+def template(*containers, **spec_extra):
+    return {"metadata": {"labels": {"app": "vllm"}}, "spec": {"containers": list(containers), **spec_extra}}
+
+
+def test_selector_matching_a_non_gpu_workload_is_reported_not_injected():
+    """A selector that also matches, say, a CPU-only web frontend: that workload gets an
+    error naming spec.servingContainer in the CR's status, and no change."""
+    from warmup_operator.core.decide import decide
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "frontend", "namespace": "ns", "labels": {"app": "vllm"}},
+           "spec": {"template": template(container("web", gpus=0))}}
+    kw = CRRecord("kw", "ns", uid="u1", created="2026-01-01T00:00:00Z",
+                  spec=spec_doc(targets={"selector": {"matchLabels": {"app": "vllm"}}}))
+    d = decide(DEPLOYMENT, obj, [kw])
+    assert d.action == "none" and d.error is not None and d.error.field == "spec.servingContainer"
+

