@@ -6,18 +6,15 @@ import copy
 import posixpath
 from typing import Any, Optional
 
+from kernel_warmer.errors import FieldError
+
 # Extended resources that mean "this container has accelerators".
 GPU_RESOURCE_SUFFIXES = ("/gpu",)
 GPU_RESOURCE_PREFIXES = ("nvidia.com/mig-", "gpu.intel.com/")
 
 
-class InjectionError(ValueError):
+class InjectionError(FieldError):
     """The workload cannot take the injection; ``field`` names what to change."""
-
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        self.message = message
-        super().__init__(f"{field_path}: {message}")
 
 
 def is_gpu_resource(name: str) -> bool:

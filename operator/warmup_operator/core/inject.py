@@ -20,7 +20,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from kernel_warmer.cache.volume import CacheLayout
 from kernel_warmer.spec import SPEC_ENV
@@ -55,20 +55,45 @@ def digest(obj: Any) -> str:
 
 def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str,
                     default_bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE) -> Injection:
-    """The fragment that injects ``spec`` into ``user_template`` (the user's own view)."""
-    tspec = (user_template or {}).get("spec") or {}
+    """The fragment that injects ``spec`` into ``user_template`` (the user's own view):
+    check reserved names, build each container's env, the two init containers, the
+    volumes and the serving container's patch, then hash and annotate."""
     serving = pick_serving_container(user_template, spec.serving_container)
-    sname = serving["name"]
     mount = spec.cache.mount_path
-    warnings: list[str] = []
+    check_reserved(user_template, serving, mount)
+    cache = cache_env(mount)
+    env, warnings = serving_env(serving, cache, spec.sitecustomize)
+    warmer = warmer_container(spec, serving, warmer_env(serving, cache, spec.warmer.to_json()))
+    body = {"spec": {
+        "initContainers": [bootstrap_container(spec.container.bootstrap_image or default_bootstrap_image), warmer],
+        "volumes": pod_volumes(spec.cache.source),
+        "containers": [serving_patch(serving["name"], env, mount)],
+    }}
+    fragment, h = annotate(body, cr_name)
+    return Injection(fragment, h, serving["name"], tuple(warnings))
 
-    # Collisions with the user's own objects: never overwrite them.
+
+# --- the steps, each pure ---------------------------------------------------------------
+
+
+def check_reserved(template: dict, serving: dict, mount: str) -> None:
+    """Collisions with the user's own objects: never overwrite them."""
+    tspec = (template or {}).get("spec") or {}
     for v in tspec.get("volumes") or []:
         if v.get("name") in names.VOLUMES:
             raise InjectionError("spec.cache", f"the workload already has a volume named {v['name']!r} (reserved)")
     for c in tspec.get("initContainers") or []:
         if c.get("name") in names.INIT_CONTAINERS:
             raise InjectionError("spec", f"the workload already has an init container named {c['name']!r} (reserved)")
+    check_mounts(serving, mount)
+    for e in serving.get("env") or []:
+        if e.get("name") in names.SERVING_ENV:
+            raise InjectionError(f"containers[{serving['name']}].env[{e['name']}]",
+                                 "is set by the operator (it points at the warm cache); remove it from the workload")
+
+
+def check_mounts(serving: dict, mount: str) -> None:
+    sname = serving["name"]
     for m in serving.get("volumeMounts") or []:
         p = norm_path(m.get("mountPath") or "")
         if p == norm_path(mount):
@@ -77,89 +102,108 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
         if p == names.PKG_MOUNT or p.startswith(names.PKG_MOUNT + "/"):
             raise InjectionError(f"containers[{sname}].volumeMounts",
                                  f"{m.get('mountPath')} is under {names.PKG_MOUNT}, reserved for the operator's package folder")
-    for e in serving.get("env") or []:
-        if e.get("name") in names.SERVING_ENV:
-            raise InjectionError(f"containers[{sname}].env[{e['name']}]",
-                                 "is set by the operator (it points at the warm cache); remove it from the workload")
 
-    triton_dir = CacheLayout.sub_path(mount, CacheLayout.TRITON)
-    fi_dir = CacheLayout.sub_path(mount, CacheLayout.FLASHINFER)
-    cache_env = [
-        {"name": names.ENV_TRITON_CACHE, "value": triton_dir},
-        {"name": names.ENV_FLASHINFER_DIR, "value": fi_dir},
+
+def cache_env(mount: str) -> list[dict]:
+    """Where the server and the warmer find the cache (sub-paths from ``CacheLayout``)."""
+    return [
+        {"name": names.ENV_TRITON_CACHE, "value": CacheLayout.sub_path(mount, CacheLayout.TRITON)},
+        {"name": names.ENV_FLASHINFER_DIR, "value": CacheLayout.sub_path(mount, CacheLayout.FLASHINFER)},
         {"name": names.ENV_CACHE_ROOT, "value": mount},
     ]
 
-    user_pp = env_entry(serving, names.ENV_PYTHONPATH)
-    serving_env = list(cache_env)
-    if spec.sitecustomize:
-        if user_pp is None:
-            serving_env.append({"name": names.ENV_PYTHONPATH, "value": names.PKG_SITE_DIR})
-        elif "value" in user_pp and "valueFrom" not in user_pp:
-            rest = user_pp.get("value") or ""
-            value = f"{names.PKG_SITE_DIR}:{rest}" if rest else names.PKG_SITE_DIR
-            serving_env.append({"name": names.ENV_PYTHONPATH, "value": value})
-        else:
-            warnings.append(f"container {sname!r} takes PYTHONPATH from valueFrom, which cannot be prefixed: "
-                            "the FlashInfer tactics will not be loaded by the server (set a literal PYTHONPATH)")
 
-    # The warmer sees what the server sees: same env (TRITON_* vars are in Triton's cache
-    # key), same mounts (the model's config.json), same GPUs, same user.
-    warmer_pp = names.PKG_PYTHON_DIR
-    if user_pp is not None and user_pp.get("value") and "valueFrom" not in user_pp:
-        warmer_pp = f"{names.PKG_PYTHON_DIR}:{user_pp['value']}"
-    warmer_env = [e for e in (serving.get("env") or [])
-                  if e.get("name") not in (names.ENV_PYTHONPATH, SPEC_ENV, *names.SERVING_ENV)]
-    warmer_env += cache_env + [
-        {"name": names.ENV_PYTHONPATH, "value": warmer_pp},
-        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-        {"name": SPEC_ENV, "value": spec.warmer.to_json()},
-    ]
-    warmer_env = dedupe_by_name(warmer_env)
-    pkg_mount_ro = {"name": names.PKG_VOLUME, "mountPath": names.PKG_MOUNT, "readOnly": True}
-    cache_mount = {"name": names.CACHE_VOLUME, "mountPath": mount}
+def literal_pythonpath(container: dict) -> Optional[str]:
+    """The container's PYTHONPATH if it is a literal value (None: unset or valueFrom)."""
+    e = env_entry(container, names.ENV_PYTHONPATH)
+    return e.get("value") or "" if e is not None and "value" in e and "valueFrom" not in e else None
+
+
+def serving_env(serving: dict, cache: list[dict], sitecustomize: bool) -> tuple[list[dict], list[str]]:
+    """The serving container's env entries: the cache, and the sitecustomize folder in
+    front of its PYTHONPATH (a valueFrom PYTHONPATH cannot be prefixed: a warning)."""
+    if not sitecustomize:
+        return list(cache), []
+    user = env_entry(serving, names.ENV_PYTHONPATH)
+    literal = literal_pythonpath(serving)
+    if user is not None and literal is None:
+        return list(cache), [f"container {serving['name']!r} takes PYTHONPATH from valueFrom, which cannot be prefixed: "
+                             "the FlashInfer tactics will not be loaded by the server (set a literal PYTHONPATH)"]
+    value = f"{names.PKG_SITE_DIR}:{literal}" if literal else names.PKG_SITE_DIR
+    return [*cache, {"name": names.ENV_PYTHONPATH, "value": value}], []
+
+
+def warmer_env(serving: dict, cache: list[dict], spec_json: str) -> list[dict]:
+    """The warmer sees what the server sees (TRITON_* vars are in Triton's cache key),
+    plus the cache, the warmer package on PYTHONPATH and its spec."""
+    literal = literal_pythonpath(serving)
+    pythonpath = f"{names.PKG_PYTHON_DIR}:{literal}" if literal else names.PKG_PYTHON_DIR
+    own = (names.ENV_PYTHONPATH, SPEC_ENV, *names.SERVING_ENV)
+    env = [e for e in (serving.get("env") or []) if e.get("name") not in own]
+    return dedupe_by_name([*env, *cache,
+                           {"name": names.ENV_PYTHONPATH, "value": pythonpath},
+                           {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                           {"name": SPEC_ENV, "value": spec_json}])
+
+
+def pkg_mount(read_only: bool) -> dict:
+    m = {"name": names.PKG_VOLUME, "mountPath": names.PKG_MOUNT}
+    return {**m, "readOnly": True} if read_only else m
+
+
+def warmer_container(spec: KernelWarmupSpec, serving: dict, env: list[dict]) -> dict:
+    """The warmer runs in the serving image (unless the CR names one) with the serving
+    container's mounts, GPUs, env sources and user, never its privileges."""
+    c = spec.container
     warmer: dict[str, Any] = {
         "name": names.WARMER_CONTAINER,
-        "image": spec.container.image or serving.get("image"),
-        "command": [spec.container.python, *WARMER_COMMAND_TAIL],
-        "env": warmer_env,
-        "volumeMounts": [*copy.deepcopy(serving.get("volumeMounts") or []), cache_mount, pkg_mount_ro],
+        "image": c.image or serving.get("image"),
+        "command": [c.python, *WARMER_COMMAND_TAIL],
+        "env": env,
+        "volumeMounts": [*copy.deepcopy(serving.get("volumeMounts") or []),
+                         {"name": names.CACHE_VOLUME, "mountPath": spec.cache.mount_path}, pkg_mount(True)],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pull = spec.container.image_pull_policy or (None if spec.container.image else serving.get("imagePullPolicy"))
+    pull = c.image_pull_policy or (None if c.image else serving.get("imagePullPolicy"))
     if pull:
         warmer["imagePullPolicy"] = pull
     for key in ("envFrom", "workingDir"):
         if serving.get(key):
             warmer[key] = copy.deepcopy(serving[key])
     warmer["securityContext"] = warmer_security_context(serving.get("securityContext"))
-    resources = merge_resources(serving, dict(spec.container.resources))
+    resources = merge_resources(serving, dict(c.resources))
     if resources:
         warmer["resources"] = resources
+    return warmer
 
-    bootstrap = {
+
+def bootstrap_container(image: str) -> dict:
+    """Copies the warmer package and the sitecustomize into the shared emptyDir."""
+    return {
         "name": names.BOOTSTRAP_CONTAINER,
-        "image": spec.container.bootstrap_image or default_bootstrap_image,
+        "image": image,
         "command": list(BOOTSTRAP_COMMAND),
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
-        "volumeMounts": [{"name": names.PKG_VOLUME, "mountPath": names.PKG_MOUNT}],
+        "volumeMounts": [pkg_mount(False)],
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": copy.deepcopy(BOOTSTRAP_SECURITY_CONTEXT),
     }
-    volumes = [
+
+
+def pod_volumes(cache_source: Any) -> list[dict]:
+    return [
         {"name": names.PKG_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
-        {"name": names.CACHE_VOLUME, **copy.deepcopy(dict(spec.cache.source))},
+        {"name": names.CACHE_VOLUME, **copy.deepcopy(dict(cache_source))},
     ]
-    serving_patch = {
-        "name": sname,
-        "env": serving_env,
-        "volumeMounts": [cache_mount, {**pkg_mount_ro}],
-    }
-    body = {"spec": {"initContainers": [bootstrap, warmer], "volumes": volumes, "containers": [serving_patch]}}
+
+
+def serving_patch(name: str, env: list[dict], mount: str) -> dict:
+    return {"name": name, "env": env,
+            "volumeMounts": [{"name": names.CACHE_VOLUME, "mountPath": mount}, pkg_mount(True)]}
+
+
+def annotate(body: dict, cr_name: str) -> tuple[dict, str]:
+    """The fragment with the hash of what is injected (and by which CR) as annotations."""
     h = digest({"cr": cr_name, "body": body})
-    fragment = {
-        "metadata": {"annotations": {names.ANN_HASH: h, names.ANN_INJECTED_BY: cr_name}},
-        **body,
-    }
-    return Injection(fragment, h, sname, tuple(warnings))
+    return {"metadata": {"annotations": {names.ANN_HASH: h, names.ANN_INJECTED_BY: cr_name}}, **body}, h
