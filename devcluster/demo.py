@@ -165,10 +165,10 @@ def main() -> int:
     print(tools.kubectl_run(f"--kubeconfig={sa_kubeconfig}", "auth", "whoami").stdout, end="")
     # The chart's own flags for the operator, as its Deployment would pass them.
     chart_args = k.json("get", "deployment", sa, "-n", RELEASE_NS)["spec"]["template"]["spec"]["containers"][0]["args"]
-    from warmup_operator.config import parse_args
-    flags = parse_args(chart_args)
+    from warmup_operator.config import OperatorConfig
+    flags = OperatorConfig.from_args(chart_args)
     op = OperatorProcess(sa_kubeconfig, work / "operator.log", resync_seconds=2,
-                         namespaces=tuple(flags.namespace), bootstrap_image=flags.bootstrap_image)
+                         namespaces=flags.namespaces, bootstrap_image=flags.bootstrap_image)
     op.start()
     print(f"operator running (pid {op.proc.pid}); log {op.log_path}; metrics :{op.metrics_port}")
     try:

@@ -1,4 +1,4 @@
-"""`python -m warmup_operator` / `kernel-warmup-operator`: configure kopf and run the handlers."""
+"""`python -m warmup_operator` / `kernel-warmup-operator`: read the config, start kopf."""
 
 from __future__ import annotations
 
@@ -9,27 +9,28 @@ from typing import Iterable, Optional
 
 import kopf
 
+from warmup_operator import config
 from warmup_operator import handlers  # noqa: F401 - importing it registers the kopf handlers
-from warmup_operator.config import CONFIG, parse_args
+
+LOG_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
-    CONFIG["bootstrap_image"] = args.bootstrap_image
-    fmt = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}[args.log_format]
-    kopf.configure(verbose=args.verbose, log_format=fmt)
-    if not args.verbose:  # kopf logs every handler run at INFO; keep the operator's own lines
+    cfg = config.OperatorConfig.from_args(argv)
+    config.use(cfg)
+    if cfg.kubeconfig:  # kopf's own login reads it from the environment
+        os.environ["KUBECONFIG"] = cfg.kubeconfig
+    kopf.configure(verbose=cfg.verbose, log_format=LOG_FORMATS[cfg.log_format])
+    if not cfg.verbose:  # kopf logs every handler run at INFO; keep the operator's own lines
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.metrics_port:
+    if cfg.metrics_port:
         from prometheus_client import start_http_server
-        start_http_server(args.metrics_port)
+        start_http_server(cfg.metrics_port)
     kopf.run(
         standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness or None,
+        clusterwide=not cfg.namespaces,
+        namespaces=list(cfg.namespaces),
+        liveness_endpoint=cfg.liveness or None,
     )
     return 0
 

@@ -1,32 +1,80 @@
-"""The operator's settings: flags and environment variables."""
+"""Every flag and environment variable of the operator, read once into ``OperatorConfig``.
+
+Environment variables give the defaults (the chart sets some of them), flags override
+them. ``current()`` is what the handlers read; ``__main__`` installs the parsed config
+with ``use()`` before kopf starts. Nothing else in the operator reads ``os.environ``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Iterable, Optional
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping, Optional
 
 from warmup_operator.core import names
 
+LOG_FORMATS = ("json", "plain", "full")
 
 
-CONFIG = {
-    "bootstrap_image": os.environ.get("KERNEL_WARMUP_BOOTSTRAP_IMAGE", names.DEFAULT_BOOTSTRAP_IMAGE),
-    "resync_seconds": float(os.environ.get("KERNEL_WARMUP_RESYNC_SECONDS", "10")),
-}
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # --namespace (repeatable); empty: the whole cluster
+    kubeconfig: Optional[str] = None  # --kubeconfig, else $KUBECONFIG
+    in_cluster: bool = False  # $KUBERNETES_SERVICE_HOST set: use the Pod's ServiceAccount
+    liveness: str = "http://0.0.0.0:8081/healthz"  # --liveness / $KERNEL_WARMUP_LIVENESS
+    metrics_port: int = 9090  # --metrics-port / $KERNEL_WARMUP_METRICS_PORT (0: off)
+    bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE  # --bootstrap-image / $KERNEL_WARMUP_BOOTSTRAP_IMAGE
+    log_format: str = "json"  # --log-format / $KERNEL_WARMUP_LOG_FORMAT
+    verbose: bool = False  # --verbose
+    resync_seconds: float = 10.0  # $KERNEL_WARMUP_RESYNC_SECONDS
+    workers: int = 16  # $KERNEL_WARMUP_WORKERS: kopf's handler threads (and API connections)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "OperatorConfig":
+        d = cls()
+        return cls(
+            kubeconfig=env.get("KUBECONFIG") or None,
+            in_cluster=bool(env.get("KUBERNETES_SERVICE_HOST")),
+            liveness=env.get("KERNEL_WARMUP_LIVENESS", d.liveness),
+            metrics_port=int(env.get("KERNEL_WARMUP_METRICS_PORT", d.metrics_port)),
+            bootstrap_image=env.get("KERNEL_WARMUP_BOOTSTRAP_IMAGE", d.bootstrap_image),
+            log_format=env.get("KERNEL_WARMUP_LOG_FORMAT", d.log_format),
+            resync_seconds=float(env.get("KERNEL_WARMUP_RESYNC_SECONDS", d.resync_seconds)),
+            workers=int(env.get("KERNEL_WARMUP_WORKERS", d.workers)),
+        )
+
+    @classmethod
+    def from_args(cls, argv: Optional[Iterable[str]] = None, env: Mapping[str, str] = os.environ) -> "OperatorConfig":
+        base = cls.from_env(env)
+        args = build_parser(base).parse_args(list(argv) if argv is not None else None)
+        return replace(base, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
+                       liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,
+                       log_format=args.log_format, verbose=args.verbose)
 
 
-def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="kernel-warmup-operator", description="Inject kernel warmup into the workloads that KernelWarmup resources select.")
+def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kernel-warmup-operator",
+                                 description="Inject kernel warmup into the workloads that KernelWarmup resources select.")
     ap.add_argument("--namespace", "-n", action="append", default=[],
                     help="watch only this namespace (repeatable); default: the whole cluster")
     ap.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    ap.add_argument("--liveness", default=os.environ.get("KERNEL_WARMUP_LIVENESS", "http://0.0.0.0:8081/healthz"),
-                    help="liveness endpoint URL served by kopf ('' to disable)")
-    ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("KERNEL_WARMUP_METRICS_PORT", "9090")),
-                    help="Prometheus metrics port (0 to disable)")
-    ap.add_argument("--bootstrap-image", default=CONFIG["bootstrap_image"],
+    ap.add_argument("--liveness", default=defaults.liveness, help="liveness endpoint URL served by kopf ('' to disable)")
+    ap.add_argument("--metrics-port", type=int, default=defaults.metrics_port, help="Prometheus metrics port (0 to disable)")
+    ap.add_argument("--bootstrap-image", default=defaults.bootstrap_image,
                     help="image with the warmer package, run as the bootstrap init container")
-    ap.add_argument("--log-format", choices=("json", "plain", "full"), default=os.environ.get("KERNEL_WARMUP_LOG_FORMAT", "json"))
+    ap.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
     ap.add_argument("--verbose", "-v", action="store_true")
-    return ap.parse_args(list(argv) if argv is not None else None)
+    return ap
+
+
+_current = OperatorConfig.from_env()
+
+
+def current() -> OperatorConfig:
+    return _current
+
+
+def use(config: OperatorConfig) -> None:
+    global _current
+    _current = config

@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import kopf
 
-from warmup_operator import metrics
-from warmup_operator.config import CONFIG
+from warmup_operator import config, metrics
 from warmup_operator.core import names
 from warmup_operator.core.decide import CRRecord
 from warmup_operator.core.kernelwarmup import SpecInvalid
-from warmup_operator.core.kinds import (
-    DEPLOYMENT,
-    LEADERWORKERSET,
-    STATEFULSET,
-    WorkloadKind,
-)
+from warmup_operator.core.kinds import KINDS, WorkloadKind
 from warmup_operator.core.status import WarmupObservation, observe_pod
 from warmup_operator.reconcile import Controller, cr_ref
 
 log = logging.getLogger("warmup_operator")
-
 
 _controller: Optional[Controller] = None
 
@@ -37,7 +29,7 @@ def controller() -> Controller:
     global _controller
     if _controller is None:
         from warmup_operator.kube import Kube
-        _controller = Controller(Kube(), bootstrap_image=CONFIG["bootstrap_image"], emit=_emit)
+        _controller = Controller(Kube(), bootstrap_image=config.current().bootstrap_image, emit=_emit)
     return _controller
 
 
@@ -71,7 +63,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    settings.execution.max_workers = int(os.environ.get("KERNEL_WARMUP_WORKERS", "16"))
+    settings.execution.max_workers = config.current().workers
     controller()
 
 
@@ -81,21 +73,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.index(names.GROUP, names.VERSION, names.PLURAL)
 def kw_index(body: Any, namespace: str, **_: Any) -> dict:
     return {namespace: CRRecord.from_body(body)}
-
-
-@kopf.index("apps", "v1", "deployments")
-def deploy_index(body: Any, namespace: str, **_: Any) -> dict:
-    return {namespace: _snapshot(body)}
-
-
-@kopf.index("apps", "v1", "statefulsets")
-def sts_index(body: Any, namespace: str, **_: Any) -> dict:
-    return {namespace: _snapshot(body)}
-
-
-@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
-def lws_index(body: Any, namespace: str, **_: Any) -> dict:
-    return {namespace: _snapshot(body)}
 
 
 @kopf.index("", "v1", "pods", annotations={names.ANN_INJECTED_BY: kopf.PRESENT})
@@ -112,10 +89,15 @@ def _crs(kw_index: Any, namespace: str, override: Optional[CRRecord] = None,
     return crs
 
 
-def _workloads(namespace: str, **indexes: Any) -> list[tuple[WorkloadKind, dict]]:
+def index_id(kind: WorkloadKind) -> str:
+    """The kwarg name kopf passes this kind's index under (``deployments_index`` ...)."""
+    return f"{kind.plural}_index"
+
+
+def _workloads(namespace: str, indexes: dict) -> list[tuple[WorkloadKind, dict]]:
     out = []
-    for kind, idx in ((DEPLOYMENT, indexes.get("deploy_index")), (STATEFULSET, indexes.get("sts_index")),
-                      (LEADERWORKERSET, indexes.get("lws_index"))):
+    for kind in KINDS.values():
+        idx = indexes.get(index_id(kind))
         if idx is not None:
             out.extend((kind, obj) for obj in idx.get(namespace, []))
     return out
@@ -128,7 +110,7 @@ def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmu
     record = CRRecord.from_body(body)
     ctl = controller()
     parsed = record.parsed()
-    workloads = _workloads(namespace, **indexes)
+    workloads = _workloads(namespace, indexes)
     previous = dict(body.get("status") or {})
     warmups = list(warmup_index.get((namespace, record.name), []))
     if isinstance(parsed, SpecInvalid):
@@ -156,31 +138,25 @@ HANDLER_BACKOFF_S = 5
 @kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL, backoff=HANDLER_BACKOFF_S)
 @kopf.on.create(names.GROUP, names.VERSION, names.PLURAL, backoff=HANDLER_BACKOFF_S)
 @kopf.on.update(names.GROUP, names.VERSION, names.PLURAL, field="spec", backoff=HANDLER_BACKOFF_S)
-def kw_changed(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
-               warmup_index: Any, **_: Any) -> None:
-    _reconcile_cr(body, namespace, kw_index, dict(deploy_index=deploy_index, sts_index=sts_index,
-                                                  lws_index=lws_index), warmup_index)
+def kw_changed(body: Any, namespace: str, kw_index: Any, warmup_index: Any, **indexes: Any) -> None:
+    _reconcile_cr(body, namespace, kw_index, indexes, warmup_index)
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=CONFIG["resync_seconds"],
-            initial_delay=CONFIG["resync_seconds"], idle=None, backoff=HANDLER_BACKOFF_S)
-def kw_resync(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
-              warmup_index: Any, **_: Any) -> None:
+@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=config.current().resync_seconds,
+            initial_delay=config.current().resync_seconds, idle=None, backoff=HANDLER_BACKOFF_S)
+def kw_resync(body: Any, namespace: str, kw_index: Any, warmup_index: Any, **indexes: Any) -> None:
     try:
-        _reconcile_cr(body, namespace, kw_index, dict(deploy_index=deploy_index, sts_index=sts_index,
-                                                      lws_index=lws_index), warmup_index)
+        _reconcile_cr(body, namespace, kw_index, indexes, warmup_index)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
         log.info("resync of %s/%s: %s", namespace, body["metadata"]["name"], exc)
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL, backoff=HANDLER_BACKOFF_S)
-def kw_deleted(body: Any, namespace: str, kw_index: Any, deploy_index: Any, sts_index: Any, lws_index: Any,
-               **_: Any) -> None:
+def kw_deleted(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None:
     """Take the injection back out of every workload this KernelWarmup injected."""
     record = CRRecord.from_body(body)
     crs = _crs(kw_index, namespace, exclude_uid=record.uid)
-    workloads = _workloads(namespace, deploy_index=deploy_index, sts_index=sts_index, lws_index=lws_index)
-    outcomes = controller().reconcile_namespace(namespace, workloads, crs, only_for=record)
+    outcomes = controller().reconcile_namespace(namespace, _workloads(namespace, indexes), crs, only_for=record)
     errors = [o.error for o in outcomes if o.error]
     if errors:
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
@@ -201,19 +177,24 @@ def _on_workload(kind: WorkloadKind, body: Any, type: Optional[str], namespace: 
         log.exception("reconciling %s %s/%s", kind.kind, namespace, body.get("metadata", {}).get("name"))
 
 
-@kopf.on.event("apps", "v1", "deployments")
-def deployment_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
-    _on_workload(DEPLOYMENT, body, type, namespace, kw_index)
+def _kind_index(body: Any, namespace: str, **_: Any) -> dict:
+    return {namespace: _snapshot(body)}
 
 
-@kopf.on.event("apps", "v1", "statefulsets")
-def statefulset_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
-    _on_workload(STATEFULSET, body, type, namespace, kw_index)
+def _kind_event(kind: WorkloadKind) -> Callable[..., None]:
+    def on_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
+        _on_workload(kind, body, type, namespace, kw_index)
+    return on_event
 
 
-@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
-def lws_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **_: Any) -> None:
-    _on_workload(LEADERWORKERSET, body, type, namespace, kw_index)
+def register_kinds() -> None:
+    """One index and one event handler per workload kind, from core/kinds.py's list."""
+    for kind in KINDS.values():
+        kopf.index(kind.group, kind.version, kind.plural, id=index_id(kind))(_kind_index)
+        kopf.on.event(kind.group, kind.version, kind.plural, id=f"{kind.plural}_event")(_kind_event(kind))
+
+
+register_kinds()
 
 
 @kopf.on.event("", "v1", "pods", annotations={names.ANN_INJECTED_BY: kopf.PRESENT})

@@ -9,14 +9,14 @@ in what it applies; force only matters for a user's literal PYTHONPATH, see inje
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from warmup_operator import metrics
+from warmup_operator import config, metrics
+from warmup_operator.config import OperatorConfig
 from warmup_operator.core import names
 from warmup_operator.core.kinds import WorkloadKind
 
@@ -57,7 +57,7 @@ class Kube:
         import kubernetes
 
         if api_client is None:
-            api_client = new_api_client()
+            api_client = new_api_client(config.current())
         self.client = api_client
         self.retry = retry
         self._sleep = sleep
@@ -138,18 +138,18 @@ class Kube:
         return crd
 
 
-def new_api_client() -> Any:
+def new_api_client(cfg: OperatorConfig) -> Any:
     """In-cluster credentials when running in a Pod, else the kubeconfig."""
     import kubernetes
 
-    config = kubernetes.client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config(client_configuration=config)
+    client_config = kubernetes.client.Configuration()
+    if cfg.in_cluster:
+        kubernetes.config.load_incluster_config(client_configuration=client_config)
     else:
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=config)
+        kubernetes.config.load_kube_config(config_file=cfg.kubeconfig, client_configuration=client_config)
     # One connection per handler thread (kopf's executor), not urllib3's default of 4.
-    config.connection_pool_maxsize = int(os.environ.get("KERNEL_WARMUP_WORKERS", "16")) + 4
-    return kubernetes.client.ApiClient(config)
+    client_config.connection_pool_maxsize = cfg.workers + 4
+    return kubernetes.client.ApiClient(client_config)
 
 
 def is_retryable(exc: BaseException) -> bool:

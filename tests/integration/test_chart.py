@@ -148,16 +148,16 @@ def test_lint_and_template(tools, values):
     assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
     assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"] and c["resources"]["requests"]
     # The args parse with the operator's own CLI (no flag the operator does not have).
-    from warmup_operator.config import parse_args
-    parsed = parse_args(c["args"])
+    from warmup_operator.config import OperatorConfig
+    parsed = OperatorConfig.from_args(c["args"])
     assert parsed.bootstrap_image == c["image"] and parsed.metrics_port == 9090
     svc = next(d for d in docs if d["kind"] == "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     if values is None:
-        assert parsed.namespace == [] and parsed.log_format == "json"
+        assert parsed.namespaces == () and parsed.log_format == "json"
         assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
     else:
-        assert parsed.namespace == ["team-a", "team-b"] and parsed.log_format == "plain"
+        assert parsed.namespaces == ("team-a", "team-b") and parsed.log_format == "plain"
         assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "Role", "RoleBinding",
                          "RoleBinding", "Service", "ServiceAccount"]
         assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
@@ -172,8 +172,8 @@ def test_values_reach_the_operator_flags(tools):
                   "--set", "operator.verbose=true", "--set", "operator.resyncSeconds=30", "--set", "image.tag=9.9.9")
     assert "Service" not in {d["kind"] for d in docs}
     c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    from warmup_operator.config import parse_args
-    parsed = parse_args(c["args"])
+    from warmup_operator.config import OperatorConfig
+    parsed = OperatorConfig.from_args(c["args"])
     assert parsed.metrics_port == 0 and parsed.verbose and parsed.bootstrap_image == "reg.local/warm:1"
     assert c["image"].endswith(":9.9.9") and "metrics" not in {p["name"] for p in c["ports"]}
     assert {"name": "KERNEL_WARMUP_RESYNC_SECONDS", "value": "30"} in c["env"]
