@@ -92,7 +92,7 @@ def main() -> dict:
 
     from kernel_warmer.cache.volume import CacheLayout
     from kernel_warmer.flashinfer.phase import run_phase
-    from kernel_warmer.plan.flashinfer import plan_ops
+    from kernel_warmer.plan.flashinfer import plan_every_op
 
     log = Log("bench_autotune.log")
     root = Path(tempfile.mkdtemp(prefix="kw-fi-bench-"))
@@ -103,7 +103,7 @@ def main() -> dict:
     cold_wall = time.monotonic() - t0
     log(f"cold summary: {json.dumps(summary)}")
     assert summary.get("status") == "ok", summary
-    ops, _ = plan_ops(arch, 1, args.max_tokens, "none", None)
+    ops, _ = plan_every_op(arch, 1, args.max_tokens, "none", None)
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "initcontainer" / "serving_site"), str(ROOT / "initcontainer"),

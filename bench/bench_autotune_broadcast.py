@@ -54,7 +54,7 @@ def main() -> dict:
     from kernel_warmer.cache.volume import CacheLayout
     from kernel_warmer.dist.workers import run_local_workers
     from kernel_warmer.flashinfer.phase import run_phase
-    from kernel_warmer.plan.flashinfer import plan_ops
+    from kernel_warmer.plan.flashinfer import plan_every_op
     from kernel_warmer.spec import DistributedSection
 
     ap = argparse.ArgumentParser()
@@ -66,7 +66,7 @@ def main() -> dict:
         raise SystemExit(f"needs >= 2 GPUs, found {n}")
     log = Log("bench_autotune_broadcast.log")
     arch = llama_arch()
-    ops, _ = plan_ops(arch, n, args.max_tokens, "none", None)
+    ops, _ = plan_every_op(arch, n, args.max_tokens, "none", None)
 
     # A: the warmer's way (rank 0 tunes, broadcast, local rank 0 writes, all verify)
     root = Path(tempfile.mkdtemp(prefix="kw-fi-bcast-"))

@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "devcluster"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # vllm_kernel and friends, for tests in any folder
 
 import devcluster  # noqa: E402
 

@@ -37,6 +37,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--plan", metavar="FILE", help="explicit layers: JSON or YAML ({layers: [...]} or a list)")
     src.add_argument("--spec", metavar="FILE", help="a full WarmerSpec JSON file")
     src.add_argument("--spec-env", metavar="NAME", help=f"env var holding a WarmerSpec JSON (the operator uses {SPEC_ENV})")
+    p.add_argument("--serve-command", metavar="CMD",
+                   help="the serving container's command, e.g. \"vllm serve MODEL -tp 2 --attention-backend "
+                        "TRITON_ATTN\": what it sets is planned for (the flags below override it)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=None, metavar="N")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default=None)
 
@@ -119,11 +122,30 @@ def spec_from_args(args: argparse.Namespace) -> WarmerSpec:
         if not text:
             raise UsageError(f"--spec-env {args.spec_env}: the environment variable is not set or empty")
         spec = WarmerSpec.from_json(text)
-    elif args.plan:
-        spec = WarmerSpec(model=load_plan_file(args.plan))
     else:
-        spec = WarmerSpec(model=ModelSource(config_path=args.model_config))
+        model = load_plan_file(args.plan) if args.plan else ModelSource(config_path=args.model_config)
+        spec = with_serve_command(WarmerSpec(model=model), getattr(args, "serve_command", None))
     return apply_overrides(spec, args)
+
+
+def with_serve_command(spec: WarmerSpec, command: Optional[str]) -> WarmerSpec:
+    """``spec`` with what a ``vllm serve`` command line sets (engine.py)."""
+    if not command:
+        return spec
+    import shlex
+
+    from kernel_warmer.engine import merge_into_spec, parse_serve
+
+    try:
+        serve = parse_serve(shlex.split(command))
+    except ValueError as exc:
+        raise UsageError(f"--serve-command: {exc}") from None
+    if serve is None:
+        raise UsageError("--serve-command: does not run `vllm serve` or vLLM's API server")
+    merged, _ = merge_into_spec({"model": spec.to_dict()["model"]}, serve)
+    for note in serve.notes[1:]:
+        _log(f"serve command: {note}")
+    return WarmerSpec.from_dict(merged)
 
 
 def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
@@ -168,7 +190,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     arch = load_arch(spec.model, spec.dtype)
-    tplan = plan_triton(arch, spec.tensor_parallel_size, spec.dtype)
+    tplan = plan_triton(arch, spec.tensor_parallel_size, spec.dtype, spec.engine)
     doc: dict[str, Any] = {"model_type": arch.model_type, "dtype": arch.dtype,
                            "tensor_parallel_size": spec.tensor_parallel_size, **tplan.to_dict()}
     try:
@@ -176,8 +198,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"kernel_warmer.plan.flashinfer is not importable ({exc}); "
                          "the FlashInfer half of the plan is missing from this install") from None
-    ops, skipped_ops = plan_ops(arch, spec.tensor_parallel_size, spec.flashinfer.max_num_batched_tokens,
-                                spec.flashinfer.quantization, args.sm)
+    from kernel_warmer.engine import default_max_num_batched_tokens
+
+    # unset: vLLM's default on an H100/H200-class GPU (the warmer reads the real GPU at run time)
+    tokens = spec.flashinfer.max_num_batched_tokens or default_max_num_batched_tokens(80 << 30, "H100", 90)
+    ops, skipped_ops = plan_ops(arch, spec.tensor_parallel_size, tokens, spec.flashinfer.quantization, args.sm,
+                                spec.engine)
     doc["autotune_ops"] = [o.to_dict() for o in ops]
     doc["skipped_ops"] = [s.to_dict() for s in skipped_ops]
     if args.json:
@@ -188,6 +214,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"triton variants ({len(tplan.variants)}):")
     for v in tplan.variants:
         print(f"  {v.label}")
+    for why in tplan.unreached:
+        print(f"  none for {why}")
     if tplan.skipped:
         reasons: dict[str, list[int]] = {}
         for s in tplan.skipped:

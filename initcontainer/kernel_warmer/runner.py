@@ -62,7 +62,7 @@ def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider
     return {
         "triton": {
             "enabled": spec.triton.enabled,
-            "kernel": providers.kernel_fingerprint(provider) if spec.triton.enabled else None,
+            "kernel": providers.kernel_fingerprint(provider) if provider != "none" else None,
             "variants": [v.to_dict() for v in triton.variants] if spec.triton.enabled else [],
         },
         "flashinfer": {
@@ -83,10 +83,9 @@ def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider
 
 def resolve(spec: WarmerSpec) -> Resolved:
     arch = load_arch(spec.model, spec.dtype)
-    triton = plan_triton(arch, spec.tensor_parallel_size, spec.dtype)
+    triton = plan_triton(arch, spec.tensor_parallel_size, spec.dtype, spec.engine)
     target = spec.triton.compile_only_target
-    provider = providers.resolve(spec.triton.provider, compile_only=target is not None) \
-        if spec.triton.enabled else "none"
+    provider = (providers.resolve(spec.triton.provider) or "none") if spec.triton.enabled else "none"
     env = compute_env_key(target)
     doc = key_document(spec, arch, triton, provider)
     return Resolved(spec, arch, triton, provider, target, env, manifest_key(doc, env.to_dict()), doc)
@@ -110,6 +109,11 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
         summary.triton.skipped = len(r.triton.skipped)
         summary.details["skippedLayers"] = [s.to_dict() for s in r.triton.skipped][:64]
         summary.details["provider"] = r.provider
+        summary.details["unreached"] = list(r.triton.unreached)
+        if r.provider == "none" and r.triton.variants and r.spec.triton.enabled:
+            summary.details["unreached"].append("vLLM is not importable in this image: nothing of vLLM's to compile")
+        for why in summary.details["unreached"]:
+            log(f"triton: nothing to warm for {why}")
         layout = r.layout
         log(f"plan: {len(r.triton.variants)} triton variant(s), {len(r.triton.skipped)} layer(s) skipped, "
             f"provider {r.provider}, key {r.key[:12]}")
@@ -186,7 +190,7 @@ def describe_os_error(exc: OSError, layout: Optional[CacheLayout]) -> str:
 def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> None:
     spec, layout = r.spec, r.layout
     files: list[FileEntry] = []
-    if spec.triton.enabled and r.triton.variants:
+    if spec.triton.enabled and r.triton.variants and r.provider != "none":
         os.environ["TRITON_CACHE_DIR"] = str(layout.triton_dir)
         before = snapshot(layout.triton_dir)
         from kernel_warmer.triton.compile import (

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from kernel_warmer import engine as vllm_facts
 from kernel_warmer.errors import FieldError
 
 SPEC_ENV = "KERNEL_WARMER_SPEC"
@@ -23,6 +24,13 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Quantization = Literal["auto", "none", "fp8", "nvfp4"]
 FailurePolicy = Literal["Ignore", "Fail"]
 Provider = Literal["auto", "builtin", "vllm"]
+# vLLM's own spellings (kernel_warmer/engine.py holds the lists, read from vLLM's source).
+AttentionBackend = Literal[vllm_facts.ATTENTION_BACKENDS]
+KvCacheDtype = Literal[vllm_facts.KV_CACHE_DTYPES]
+MoeBackend = Literal[vllm_facts.MOE_BACKENDS]
+LinearBackend = Literal[vllm_facts.LINEAR_BACKENDS]
+Runner = Literal[vllm_facts.RUNNERS]
+MmEncoderTpMode = Literal["weights", "data"]
 
 
 class SpecError(FieldError):
@@ -77,11 +85,39 @@ class TritonSection:
 class FlashInferSection:
     enabled: bool = True
     quantization: Quantization = "auto"
-    max_num_batched_tokens: int = 8192
+    # None: vLLM's default for the GPU (engine.default_max_num_batched_tokens)
+    max_num_batched_tokens: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.max_num_batched_tokens < 1:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise SpecError("maxNumBatchedTokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    """The serving engine's settings that decide which kernels run. The operator reads
+    them from the serving container's ``vllm serve`` command (kernel_warmer/engine.py maps
+    each flag to one of these fields); unset means vLLM's default."""
+
+    attention_backend: Optional[AttentionBackend] = None
+    mm_encoder_attn_backend: Optional[AttentionBackend] = None
+    mm_encoder_tp_mode: MmEncoderTpMode = "weights"
+    kv_cache_dtype: KvCacheDtype = "auto"
+    quantization: Optional[str] = None
+    linear_backend: LinearBackend = "auto"
+    moe_backend: MoeBackend = "auto"
+    enable_expert_parallel: bool = False
+    flashinfer_autotune: bool = True
+    runner: Runner = "auto"
+    # --hf-overrides '{"is_causal": false}': text layers run bidirectionally
+    bidirectional: bool = False
+    data_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("data_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(camel(name), "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -104,6 +140,7 @@ class WarmerSpec:
     triton: TritonSection = field(default_factory=TritonSection)
     flashinfer: FlashInferSection = field(default_factory=FlashInferSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
+    engine: EngineSection = field(default_factory=EngineSection)
     failure_policy: FailurePolicy = "Fail"
     timeout_seconds: int = 1800
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.sites import FORK_SERVE, FORK_SITE
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "tests" / "fixtures" / "configs"
@@ -23,11 +24,13 @@ def warmer(*args: str, env: dict | None = None, check: bool = False) -> subproce
 
 
 def test_plan_json_shape():
-    out = warmer("plan", "--model-config", str(CONFIGS / "gemma2-9b.json"), "-tp", "2", "--json", check=True)
+    out = warmer("plan", "--model-config", str(CONFIGS / "gemma2-9b.json"), "-tp", "2", "--json",
+                 "--serve-command", FORK_SERVE, check=True)
     doc = json.loads(out.stdout)
     assert [v["sliding_window"] for v in doc["triton_variants"]] == [[4095, 0], [-1, -1]]
     for v in doc["triton_variants"]:
-        assert set(v) == {"num_heads", "num_kv_heads", "head_size", "scale", "softcap", "sliding_window", "dtype"}
+        assert set(v) == {"site", "num_heads", "num_kv_heads", "head_size", "scale", "softcap", "sliding_window",
+                          "is_causal", "sinks", "dtype"}
     assert doc["skipped_layers"] == []
     assert "autotune_ops" in doc and "skipped_ops" in doc
 
@@ -63,12 +66,14 @@ def test_plan_file_json_and_yaml(tmp_path):
     layers = [{"numHeads": 8, "numKvHeads": 2, "headSize": 64, "count": 4, "slidingWindow": 128},
               {"numHeads": 8, "numKvHeads": 2, "headSize": 64, "sinks": True}]
     (tmp_path / "p.json").write_text(json.dumps({"layers": layers, "hiddenSize": 512}))
-    doc = json.loads(warmer("plan", "--plan", str(tmp_path / "p.json"), "--json", check=True).stdout)
+    doc = json.loads(warmer("plan", "--plan", str(tmp_path / "p.json"), "--json", *FORK_SITE[:2],
+                            check=True).stdout)
     assert [v["sliding_window"] for v in doc["triton_variants"]] == [[127, 0]]
     assert doc["skipped_layers"] == [{"layer": 4, "reason": "sinks"}]
     yaml = pytest.importorskip("yaml")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(layers))
-    doc2 = json.loads(warmer("plan", "--plan", str(tmp_path / "p.yaml"), "--json", check=True).stdout)
+    doc2 = json.loads(warmer("plan", "--plan", str(tmp_path / "p.yaml"), "--json", *FORK_SITE[:2],
+                             check=True).stdout)
     assert doc2["triton_variants"] == doc["triton_variants"]
     (tmp_path / "bad.json").write_text(json.dumps({"layers": [{"numHeads": 8, "headSize": 64}]}))
     out = warmer("plan", "--plan", str(tmp_path / "bad.json"))
@@ -77,7 +82,7 @@ def test_plan_file_json_and_yaml(tmp_path):
 
 def test_spec_env_is_how_the_operator_starts_it(tmp_path):
     spec = {"model": {"configPath": str(CONFIGS / "mistral-7b-v0.1.json")}, "tensorParallelSize": 4,
-            "cacheDir": str(tmp_path)}
+            "cacheDir": str(tmp_path), "engine": {"attentionBackend": "TRITON_ATTN", "kvCacheDtype": "nvfp4"}}
     out = warmer("plan", "--spec-env", "KERNEL_WARMER_SPEC", "--json", env={"KERNEL_WARMER_SPEC": json.dumps(spec)},
                  check=True)
     (v,) = json.loads(out.stdout)["triton_variants"]
@@ -153,3 +158,25 @@ def test_run_keeps_stdout_for_the_summary_alone():
     assert json.loads(out.stdout) == {"status": "ok"}
     assert "noise from a C library" in out.stderr and "noise from a child" in out.stderr
     assert "noise from python" in out.stderr
+
+
+def test_plan_from_the_serving_command(tmp_path):
+    """--serve-command sets what vLLM's command line sets; explicit flags override it."""
+    out = warmer("plan", "--model-config", str(CONFIGS / "gemma2-9b.json"), "--json", "--serve-command",
+                 "vllm serve google/gemma-2-9b -tp 4 --attention-backend TRITON_ATTN --kv-cache-dtype nvfp4",
+                 check=True)
+    doc = json.loads(out.stdout)
+    assert doc["tensor_parallel_size"] == 4 and {v["num_heads"] for v in doc["triton_variants"]} == {4}
+    out = warmer("plan", "--model-config", str(CONFIGS / "gemma2-9b.json"), "--json", "-tp", "2",
+                 "--serve-command", "vllm serve g -tp 4 --attention-backend TRITON_ATTN --kv-cache-dtype nvfp4",
+                 check=True)
+    assert json.loads(out.stdout)["tensor_parallel_size"] == 2
+    out = warmer("plan", "--model-config", str(CONFIGS / "llama3-8b.json"), "--json", "--serve-command",
+                 "vllm serve m", check=True)
+    doc = json.loads(out.stdout)
+    assert doc["triton_variants"] == [] and "FLASH_ATTN" in doc["unreached"][0]
+    out = warmer("plan", "--model-config", str(CONFIGS / "llama3-8b.json"), "--serve-command",
+                 "vllm serve m --attention-backend FLASH_ATTENTION")
+    assert out.returncode == 2 and "--attention-backend" in out.stderr and "FLASH_ATTN" in out.stderr
+    out = warmer("plan", "--model-config", str(CONFIGS / "llama3-8b.json"), "--serve-command", "python app.py")
+    assert out.returncode == 2 and "does not run `vllm serve`" in out.stderr

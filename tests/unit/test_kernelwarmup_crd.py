@@ -58,6 +58,14 @@ def walk(dc, schema: dict, path: str, missing: list, defaults: list) -> None:
             defaults.append((f"{path}.{key}", f.default, props[key].get("default")))
 
 
+def command_fields() -> set[str]:
+    """spec.<path> of every field the serving command can set (kernel_warmer.engine)."""
+    from kernel_warmer.engine import BOOL_FLAGS, VALUE_FLAGS
+
+    paths = {p for p, _ in VALUE_FLAGS.values()} | {p for p, _ in BOOL_FLAGS.values()}
+    return {f"spec.{p}" for p in paths if p not in ("model", "optimization_level")} | {"spec.engine.bidirectional"}
+
+
 def test_crd_schema_covers_every_warmer_field(crd):
     missing: list[str] = []
     defaults: list = []
@@ -65,9 +73,30 @@ def test_crd_schema_covers_every_warmer_field(crd):
     assert missing == [], f"CRD schema lacks WarmerSpec fields: {missing}"
     wrong = [(p, d, c) for p, d, c in defaults if c is not None and c != d]
     assert wrong == [], f"CRD defaults differ from WarmerSpec defaults (path, dataclass, crd): {wrong}"
-    # Every scalar default of the contract is declared in the CRD, so `kubectl explain` shows it.
-    undeclared = [p for p, d, c in defaults if c is None]
+    # Every scalar default of the contract is declared in the CRD, so `kubectl explain` shows it,
+    # except where the serving command decides (a CRD default would hide the command's value).
+    undeclared = [p for p, d, c in defaults if c is None and p not in command_fields()]
     assert undeclared == [], undeclared
+
+
+def test_fields_the_serving_command_sets_have_no_crd_default(crd):
+    """A default would make every KernelWarmup "set" the field and override the command."""
+    schema = spec_schema(crd)
+    assert "default" not in schema["properties"]["engine"]
+    with_default = []
+    for path in sorted(command_fields()):
+        node = schema
+        for part in path.split(".")[1:]:
+            node = node["properties"][part]
+        if "default" in node and node["default"] != "auto":  # "auto" reads as unset
+            with_default.append(path)
+    assert with_default == []
+    # and every such field exists in the contract (one name, declared once, in spec.py)
+    spec = WarmerSpec.from_dict({"model": {"configPath": "x"}})
+    for path in command_fields():
+        obj = spec
+        for part in path.split(".")[1:]:
+            obj = getattr(obj, {camel(f.name): f.name for f in dataclasses.fields(obj)}[part])
 
 
 def test_crd_has_no_warmer_field_the_contract_lacks(crd):
@@ -138,12 +167,12 @@ def test_round_trip_explicit_layers():
 def test_walker_notices_a_missing_nested_field(crd):
     schema = json.loads(json.dumps(spec_schema(crd)))
     del schema["properties"]["model"]["properties"]["layers"]["items"]["properties"]["chunkedLookback"]
-    schema["properties"]["flashinfer"]["properties"]["maxNumBatchedTokens"]["default"] = 1
+    schema["properties"]["timeoutSeconds"]["default"] = 1
     missing: list[str] = []
     defaults: list = []
     walk(WarmerSpec, schema, "spec", missing, defaults)
     assert missing == ["spec.model.layers.chunkedLookback"]
-    assert ("spec.flashinfer.maxNumBatchedTokens", 8192, 1) in defaults
+    assert ("spec.timeoutSeconds", 1800, 1) in defaults
 
 
 def _schema_nodes(node, path="schema"):

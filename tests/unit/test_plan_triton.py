@@ -9,7 +9,11 @@ import pytest
 
 from kernel_warmer.plan.model import ConfigError, load_arch
 from kernel_warmer.plan.triton import plan_triton
-from kernel_warmer.spec import LayerSpec, ModelSource
+from kernel_warmer.spec import EngineSection, LayerSpec, ModelSource
+
+# The per-layer logic below is what every site plans; the seed fork's decoder site reaches
+# every decoder layer (TRITON_ATTN + nvfp4 KV). tests/unit/test_plan_triton_sites.py: which site when.
+FORK = EngineSection(attention_backend="TRITON_ATTN", kv_cache_dtype="nvfp4")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 
@@ -19,7 +23,13 @@ def cfg(name: str) -> dict:
 
 
 def variants(source, tp=1, dtype=None):
-    return [v.to_dict() for v in plan_triton(load_arch(source, dtype), tp, dtype).variants]
+    """The shape half of each variant (the fork site's own keys are checked once, below)."""
+    out = []
+    for v in plan_triton(load_arch(source, dtype), tp, dtype, FORK).variants:
+        d = v.to_dict()
+        assert (d.pop("site"), d.pop("is_causal"), d.pop("sinks")) == ("fork.nvfp4_prefill", True, False)
+        out.append(d)
+    return out
 
 
 def test_llama3_gqa_one_variant_per_rank_shape():
@@ -29,9 +39,12 @@ def test_llama3_gqa_one_variant_per_rank_shape():
 
 
 def test_variant_json_has_exactly_the_contract_keys():
-    (v,) = variants(cfg("llama3-8b"))
-    assert set(v) == {"num_heads", "num_kv_heads", "head_size", "scale", "softcap", "sliding_window", "dtype"}
+    (variant,) = plan_triton(load_arch(cfg("llama3-8b")), 1, None, FORK).variants
+    v = variant.to_dict()
+    assert set(v) == {"site", "num_heads", "num_kv_heads", "head_size", "scale", "softcap", "sliding_window",
+                      "is_causal", "sinks", "dtype"}
     assert isinstance(v["scale"], float) and isinstance(v["softcap"], float)
+    assert type(variant).from_dict(v) == variant
 
 
 def test_gemma2_alternates_window_and_full_with_softcap_and_qpas_scale():
@@ -94,7 +107,7 @@ def test_layer_types_wrong_length_names_the_field():
 
 
 def test_gpt_oss_layers_with_sinks_are_skipped_with_reason():
-    p = plan_triton(load_arch(cfg("gpt-oss-20b")), 1)
+    p = plan_triton(load_arch(cfg("gpt-oss-20b")), 1, engine=FORK)
     assert p.variants == []
     assert len(p.skipped) == 24 and {s.reason for s in p.skipped} == {"sinks"}
     assert p.to_dict()["skipped_layers"][0] == {"layer": 0, "reason": "sinks"}
@@ -177,7 +190,7 @@ def test_dedupe_keeps_first_seen_order_across_explicit_layers():
         LayerSpec(num_heads=8, num_kv_heads=2, head_size=64, sinks=True),
         LayerSpec(num_heads=8, num_kv_heads=2, head_size=64, alibi=True),
     ])
-    p = plan_triton(load_arch(src), 2)
+    p = plan_triton(load_arch(src), 2, engine=FORK)
     assert [v.sliding_window for v in p.variants] == [(511, 0), (-1, -1)]
     assert [(s.layer, s.reason) for s in p.skipped] == [(6, "sinks"), (7, "alibi")]
 
@@ -190,5 +203,5 @@ def test_explicit_layer_errors_name_the_layer():
     assert e.value.field == "layers[1].numKvHeads"
     src = ModelSource(layers=[LayerSpec(num_heads=6, num_kv_heads=2, head_size=64)])
     with pytest.raises(ConfigError) as e:
-        plan_triton(load_arch(src), 4)
+        plan_triton(load_arch(src), 4, engine=FORK)
     assert e.value.field == "layers[0].numHeads"

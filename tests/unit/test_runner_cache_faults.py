@@ -23,6 +23,7 @@ pytest.importorskip("triton")
 pytest.importorskip("torch")
 
 from kernel_warmer.faults import FAULT_ENV
+from support.sites import FORK_SITE
 from kernel_warmer.files import atomic_write_bytes
 
 pytestmark = pytest.mark.reliability
@@ -43,7 +44,7 @@ def plan_file(tmp_path: Path, doc: dict, name: str = "plan.json") -> Path:
 
 def argv(sub: str, plan: Path, cache: Path, *extra: str, target: str = "sm_90") -> list[str]:
     args = [sys.executable, "-m", "kernel_warmer", sub, "--plan", str(plan), "--cache-dir", str(cache),
-            "--target", target, "--no-flashinfer", *extra]
+            "--target", target, "--no-flashinfer", *FORK_SITE, *extra]
     if sub == "run":
         args += ["--termination-log", "/nonexistent/termination-log"]
     return args

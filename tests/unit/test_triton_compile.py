@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.sites import FORK_SITE
 
 pytest.importorskip("triton")
 pytest.importorskip("torch")
@@ -21,7 +22,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "initcontainer"))
 
 def cmd(sub: str, cache: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "kernel_warmer", sub, "--model-config", str(CONFIGS / "mistral-7b-v0.1.json"),
-            "--cache-dir", str(cache), "--target", "sm_90", "--no-flashinfer", *extra]
+            "--cache-dir", str(cache), "--target", "sm_90", "--no-flashinfer", *FORK_SITE, *extra]
 
 
 def run(cache: Path, *extra: str) -> dict:
@@ -81,7 +82,7 @@ def test_two_concurrent_runs_compile_each_variant_once(tmp_path):
         {"numHeads": 4, "numKvHeads": 2, "headSize": 64, "slidingWindow": 64},
     ]}))
     args = [sys.executable, "-m", "kernel_warmer", "run", "--plan", str(plan), "--cache-dir", str(cache),
-            "--target", "sm_90", "--no-flashinfer", "--termination-log", "/nonexistent/log"]
+            "--target", "sm_90", "--no-flashinfer", *FORK_SITE, "--termination-log", "/nonexistent/log"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

@@ -14,11 +14,14 @@ from kernel_warmer.flashinfer.tune import (
     BF16_BACKENDS,
     FP8_BACKENDS,
     TUNE_FILE,
+    VLLM_BF16_BACKENDS,
+    VLLM_FP8_BACKENDS,
     current_env_key,
     current_sm,
     flashinfer_available,
     tune_ops,
 )
+from kernel_warmer.engine import default_max_num_batched_tokens
 from kernel_warmer.plan.flashinfer import AutoTuneOp, plan_ops
 
 
@@ -71,6 +74,14 @@ class AutotuneJob:
         return {**res.to_dict(), **report}
 
 
+def gpu_default_max_num_batched_tokens(sm: Any) -> int:
+    """vLLM's ``--max-num-batched-tokens`` default for this GPU (engine.py)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return default_max_num_batched_tokens(int(props.total_memory), str(props.name), int(sm or 0))
+
+
 def local_gpu_count() -> int:
     import torch
 
@@ -92,14 +103,18 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     if gpus == 0:
         return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
     sm = current_sm()
-    ops, skipped = plan_ops(arch, spec.tensor_parallel_size, fi.max_num_batched_tokens, fi.quantization, sm)
+    tokens = fi.max_num_batched_tokens or gpu_default_max_num_batched_tokens(sm)
+    ops, skipped = plan_ops(arch, spec.tensor_parallel_size, tokens, fi.quantization, sm, spec.engine)
     quant = arch.quantization if fi.quantization == "auto" else fi.quantization
-    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped], "sm": sm, "gpus_in_pod": gpus}
+    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped], "sm": sm, "gpus_in_pod": gpus,
+            "max_num_batched_tokens": tokens}
     if not ops:
-        return {"status": "skipped: nothing to tune", **base}
+        why = skipped[0].reason if skipped else "the model has no layer FlashInfer tunes"
+        return {"status": f"skipped: vLLM calls no autotuned FlashInfer op here ({why})", **base}
     job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(layout.flashinfer_root),
                       tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
-                      produce_timeout_s=float(spec.timeout_seconds))
+                      produce_timeout_s=float(spec.timeout_seconds),
+                      bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS)
     log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
     outcomes = run_local_workers(job, gpus, spec=spec.distributed,
                                  timeout_s=float(spec.distributed.timeout_seconds),

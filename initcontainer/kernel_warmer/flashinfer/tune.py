@@ -34,6 +34,10 @@ from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
 
 TUNE_FILE = "autotune.json"
 BF16_BACKENDS = ("cudnn", "cublaslt")
+# The backend vLLM passes on SM100 (vllm/utils/flashinfer.py:31-47 mm_bf16 "cute-dsl";
+# :1145-1172 bmm_fp8 "auto"): a tactic is keyed by the runner, so tune that one alone.
+VLLM_BF16_BACKENDS = ("cute-dsl",)
+VLLM_FP8_BACKENDS = ("auto",)
 FP8_BACKENDS = ("cublas", "cudnn")
 FP4_BACKENDS = ("cudnn", "cutlass")
 METADATA_FIELDS = ("flashinfer_version", "cuda_version", "cublas_version", "cudnn_version",
@@ -93,27 +97,39 @@ def _run_gemm(op: AutoTuneOp, backend: str, device: Any) -> None:
         raise ValueError(f"unknown GEMM op {op.op}")
 
 
-def _run_moe(op: AutoTuneOp, arch_moe: Any, quant: str, tp: int, tp_rank: int, device: Any) -> None:
-    import flashinfer
+def _run_moe(op: AutoTuneOp, arch_moe: Any, tp_rank: int, ep_rank: int, device: Any) -> None:
+    """One cutlass_fused_moe call as vLLM's FlashInferExperts makes it
+    (vllm/model_executor/layers/fused_moe/experts/flashinfer_cutlass_moe.py:365-389): this
+    rank's local experts, the tp/ep sizes and ranks vLLM passes, and per mode the input and
+    scales vLLM passes (bf16; fp8 per-tensor: fp8 input, four scales; fp8 block-scale: bf16
+    input, [w1_scale, w2_scale], use_deepseek_fp8_block_scale)."""
     import torch
 
+    import flashinfer
+
     m, hidden, n2 = op.m_max, op.k, op.n
-    experts, topk = arch_moe.num_experts, arch_moe.experts_per_token
+    experts, topk = op.local_experts or arch_moe.num_experts, arch_moe.experts_per_token
     x = torch.randn(m, hidden, device=device, dtype=torch.bfloat16)
-    ids = torch.randint(0, experts, (m, topk), device=device, dtype=torch.int32)
+    ids = torch.randint(0, arch_moe.num_experts, (m, topk), device=device, dtype=torch.int32)
     scales = torch.softmax(torch.randn(m, topk, device=device), dim=-1)
     fc1 = torch.randn(experts, n2, hidden, device=device, dtype=torch.bfloat16) * 0.02
     fc2 = torch.randn(experts, hidden, n2 // 2, device=device, dtype=torch.bfloat16) * 0.02
+    extra: dict[str, Any] = {}
     quant_scales: list = []
-    if quant == "fp8":
+    if op.mode == "fp8_tensor":
         x, fc1, fc2 = (t.to(torch.float8_e4m3fn) for t in (x, fc1, fc2))
-        ones_e = torch.ones(experts, device=device)
-        one = torch.ones(1, device=device)
+        ones_e, one = torch.ones(experts, device=device), torch.ones(1, device=device)
         quant_scales = [ones_e, one, ones_e, one]
-    elif quant != "none":
-        raise ValueError(f"fused MoE tuning for quantization {quant!r} is not implemented")
+    elif op.mode == "fp8_block":
+        fc1, fc2 = fc1.to(torch.float8_e4m3fn), fc2.to(torch.float8_e4m3fn)
+        quant_scales = [torch.ones(experts, n2 // 128, hidden // 128, device=device),
+                        torch.ones(experts, hidden // 128, n2 // 2 // 128, device=device)]
+        extra["use_deepseek_fp8_block_scale"] = True
+    elif op.mode not in ("bf16", ""):
+        raise ValueError(f"fused MoE tuning for mode {op.mode!r} is not implemented")
     flashinfer.cutlass_fused_moe(x, ids, scales, fc1, fc2, torch.bfloat16, quant_scales,
-                                 tp_size=tp, tp_rank=tp_rank, tune_max_num_tokens=m)
+                                 tp_size=op.tp_size, tp_rank=tp_rank, ep_size=op.ep_size, ep_rank=ep_rank,
+                                 tune_max_num_tokens=m, **extra)
 
 
 @dataclass
@@ -160,8 +176,8 @@ def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, ar
     with autotune(tune_mode=True, cache=str(cache_path)):
         for op in ops:
             if op.op == MOE_OP:
-                variants = [(f"tp_rank={r}", lambda r=r: _run_moe(op, arch_moe, quant, tp, r, device))
-                            for r in range(tp)]
+                variants = [(f"tp_rank={t} ep_rank={e}", lambda t=t, e=e: _run_moe(op, arch_moe, t, e, device))
+                            for t, e in op.rank_keys()]
             else:
                 variants = [(f"backend={b}", lambda b=b: _run_gemm(op, b, device)) for b in backends[op.op]]
             for label, fn in variants:

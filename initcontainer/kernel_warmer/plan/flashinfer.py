@@ -30,6 +30,7 @@ from kernel_warmer.errors import FieldError
 from kernel_warmer.plan import tp as tp_split
 from kernel_warmer.plan.model import ModelArch
 from kernel_warmer.plan.tp import SplitFields
+from kernel_warmer.spec import EngineSection
 
 GEMM_OP = {"none": "bf16_gemm", "fp8": "fp8_gemm", "nvfp4": "fp4_gemm"}
 MOE_OP = "cutlass_fused_moe"
@@ -53,9 +54,24 @@ class AutoTuneOp:
     k: int
     m_max: int
     layer: str  # which projection(s) share this shape, "+"-joined after dedupe
+    # fused MoE only: how vLLM calls it (MoeCall): "bf16" | "fp8_tensor" | "fp8_block", the
+    # tp/ep sizes it passes and the experts each rank holds
+    mode: str = ""
+    tp_size: int = 1
+    ep_size: int = 1
+    local_experts: int = 0
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "n": self.n, "k": self.k, "m_max": self.m_max, "layer": self.layer}
+        d = {"op": self.op, "n": self.n, "k": self.k, "m_max": self.m_max, "layer": self.layer}
+        if self.op == MOE_OP:
+            d.update(mode=self.mode, tp_size=self.tp_size, ep_size=self.ep_size, local_experts=self.local_experts)
+        return d
+
+    def rank_keys(self) -> list[tuple[int, int]]:
+        """(tp_rank, ep_rank) of every rank whose tactics FlashInfer keys apart."""
+        if self.op != MOE_OP:
+            return [(0, 0)]
+        return [(t, e) for e in range(self.ep_size) for t in range(self.tp_size)]
 
 
 @dataclass(frozen=True)
@@ -129,14 +145,16 @@ def resolve_quantization(quantization: str, arch: ModelArch) -> str:
     return arch.quantization if quantization == "auto" else quantization
 
 
-def plan_ops(
+def plan_every_op(
     arch: ModelArch,
     tensor_parallel_size: int,
     max_num_batched_tokens: int,
     quantization: str,
     sm: Optional[int],
 ) -> tuple[list[AutoTuneOp], list[SkippedOp]]:
-    """The ops one rank tunes, and those it cannot (with why). ``sm=None``: GPU unknown."""
+    """Every op FlashInfer *can* tune for these shapes, whatever vLLM calls (``sm=None``:
+    GPU unknown). Only the benchmarks use it, to compare with figures measured on the bf16
+    GEMMs before the plan followed vLLM; the warmer uses :func:`plan_ops`."""
     if tensor_parallel_size < 1:
         raise PlanError("tensorParallelSize", f"must be >= 1, got {tensor_parallel_size}")
     quant = resolve_quantization(quantization, arch)
@@ -179,7 +197,9 @@ def plan_ops(
             elif sm is not None and sm < need:
                 reason = f"CUTLASS fused MoE ({quant}) needs SM{need}+, this GPU is SM{sm}"
             else:
-                planned.append(AutoTuneOp(op, n, k, max_num_batched_tokens, label))
+                planned.append(AutoTuneOp(op, n, k, max_num_batched_tokens, label,
+                                          mode="bf16" if quant == "none" else "fp8_tensor", tp_size=tp,
+                                          local_experts=arch.moe.num_experts))
                 continue
             skipped.append(SkippedOp(op, n, k, label, reason))
         elif gemm_reason:
@@ -187,3 +207,137 @@ def plan_ops(
         else:
             planned.append(AutoTuneOp(op, n, k, m_gemm, label))
     return planned, skipped
+
+
+# --- which FlashInfer ops vLLM calls (vLLM 0.33.0, FlashInfer 0.6.18; docs/VLLM.md) -----------
+
+HOPPER = 90
+NO_FLASHINFER_DENSE_SM90 = {
+    "none": "vLLM runs unquantized dense layers through torch (cuBLAS) on Hopper "
+            "(vllm/model_executor/layers/utils.py:682-717)",
+    "fp8": "vLLM runs FP8 per-tensor dense layers through its own CUTLASS scaled-mm on Hopper "
+           "(FlashInfer's bmm_fp8 kernel needs SM100, kernels/linear/scaled_mm/flashinfer.py:50-51)",
+    "fp8_block": "FP8 block-scale dense layers call fp8_blockscale_gemm_sm90 (M < 32) and DeepGEMM on Hopper; "
+                 "neither is autotuned (kernels/linear/scaled_mm/flashinfer.py:149-195)",
+    "nvfp4": "NVFP4 dense layers run Marlin on Hopper (FlashInfer's NVFP4 GEMMs need SM100)",
+}
+
+
+@dataclass(frozen=True)
+class MoeCall:
+    """How vLLM's FlashInferExperts calls cutlass_fused_moe on every rank
+    (vllm/model_executor/layers/fused_moe/experts/flashinfer_cutlass_moe.py:365-389)."""
+
+    mode: str  # "bf16" | "fp8_tensor" | "fp8_block"
+    tp_size: int
+    ep_size: int
+    local_experts: int
+    n: int  # w1's rows per rank: 2 * intermediate / tp_size (padded to 16 for fp8_tensor)
+
+
+def _moe_mode(arch: ModelArch, quant: str, sm: int, engine: EngineSection) -> tuple[Optional[str], str]:
+    """(mode, "") when vLLM runs the experts through FlashInfer's CUTLASS fused MoE,
+    else (None, why not) (vllm/model_executor/layers/fused_moe/oracle/*.py)."""
+    backend, world_ep = engine.moe_backend, engine.enable_expert_parallel
+    chosen = backend == "flashinfer_cutlass"
+    if backend not in ("auto", "flashinfer_cutlass"):
+        return None, f"--moe-backend {backend} does not call FlashInfer's autotuned CUTLASS MoE"
+    if quant == "none":
+        if chosen:
+            return "bf16", ""
+        if sm >= 100:
+            return None, ("vLLM's default unquantized MoE on SM100 is FlashInfer TRT-LLM (trtllm_bf16_moe), "
+                          "which this warmer does not tune yet")
+        return None, ("vLLM runs unquantized MoE through Triton on Hopper (fused_moe/oracle/unquantized.py:68-80); "
+                      "--moe-backend flashinfer_cutlass selects FlashInfer")
+    if quant == "fp8" and arch.fp8_block_scaled:
+        if sm != HOPPER:
+            return None, "FlashInfer's FP8 block-scale CUTLASS MoE runs on SM90 only"
+        if chosen or world_ep:
+            return "fp8_block", ""
+        return None, ("vLLM runs FP8 block-scale MoE through Triton with tensor parallelism on Hopper "
+                      "(oracle/fp8.py:124-134); --enable-expert-parallel or --moe-backend flashinfer_cutlass "
+                      "selects FlashInfer")
+    if quant == "fp8":
+        if arch.fp8_activation_scheme == "static":
+            return "fp8_tensor", ""
+        return None, ("FP8 MoE with dynamic activation scales runs Triton (FlashInfer's CUTLASS MoE takes static "
+                      "per-tensor scales only, online/fp8.py:503-509)")
+    return None, f"{quant} MoE does not run FlashInfer's autotuned CUTLASS MoE on SM{sm}"
+
+
+def moe_call(arch: ModelArch, mode: str, tp: int, engine: EngineSection) -> MoeCall:
+    """tp/ep sizes and per-rank weight shape (fused_moe/config.py:1198-1245): without expert
+    parallelism the experts are split over every TP x DP rank, with it they are spread."""
+    moe = arch.moe
+    world = tp * engine.data_parallel_size
+    if engine.enable_expert_parallel:
+        if moe.num_experts % world:
+            raise PlanError("engine.enableExpertParallel",
+                            f"{moe.num_experts} experts do not spread evenly over {world} ranks")
+        return MoeCall(mode, 1, world, moe.num_experts // world, 2 * moe.intermediate_size)
+    inter = _split(moe.intermediate_size, world, "moe_intermediate_size")
+    if mode == "fp8_tensor":
+        inter = -(-inter // 16) * 16  # quantization/utils/flashinfer_utils.py:612-620
+    return MoeCall(mode, world, 1, moe.num_experts, 2 * inter)
+
+
+def _dense_op(quant: str, sm: int, engine: EngineSection, fp8_block: bool) -> tuple[Optional[str], str]:
+    """(op, "") when vLLM tunes a FlashInfer GEMM for the dense layers, else (None, why not)."""
+    if sm < 100:
+        key = "fp8_block" if quant == "fp8" and fp8_block else quant
+        return None, NO_FLASHINFER_DENSE_SM90.get(key, f"{quant} dense layers call no FlashInfer autotuned GEMM")
+    if quant == "none":
+        if engine.linear_backend == "flashinfer_cutedsl":
+            return "bf16_gemm", ""
+        return None, "vLLM runs unquantized dense layers through torch unless --linear-backend flashinfer_cutedsl"
+    if quant == "fp8":
+        if fp8_block:
+            return None, "FP8 block-scale dense layers run DeepGEMM on SM100"
+        return "fp8_gemm", ""
+    if quant == "nvfp4":
+        if engine.linear_backend in ("flashinfer_cutlass", "flashinfer_trtllm", "flashinfer_cudnn"):
+            return "fp4_gemm", ""
+        return None, "vLLM skips tuning fp4_gemm behind its default CuTe-DSL NVFP4 kernel (warmup/kernel_warmup.py:299-315)"
+    return None, f"{quant} dense layers call no FlashInfer autotuned GEMM"
+
+
+def plan_ops(arch: ModelArch, tensor_parallel_size: int, max_num_batched_tokens: int, quantization: str,
+                  sm: Optional[int], engine: Optional[EngineSection] = None
+                  ) -> tuple[list[AutoTuneOp], list[SkippedOp]]:
+    """Exactly the autotuned FlashInfer ops vLLM's own tuning pass reaches for this GPU,
+    model and serving command (``sm=None``: Hopper assumed). None when it reaches none."""
+    engine = engine or EngineSection()
+    if not engine.flashinfer_autotune:
+        return [], [SkippedOp("*", 0, 0, "*", "the serving command turns vLLM's FlashInfer autotune off "
+                                              "(--no-enable-flashinfer-autotune or -O0): the server tunes nothing")]
+    if not arch.hidden_size:
+        return [], [SkippedOp("*", 0, 0, "*", "hidden size unknown: set model.hiddenSize (or use a config.json)")]
+    sm_ = HOPPER if sm is None else sm
+    quant = resolve_quantization(quantization, arch)
+    planned: list[AutoTuneOp] = []
+    skipped: list[SkippedOp] = []
+    op, why = _dense_op(quant, sm_, engine, arch.fp8_block_scaled)
+    m_gemm = gemm_tuning_m(max_num_batched_tokens)
+    for (name, n, k), layers in _merged_linear_shapes(arch, tensor_parallel_size, op or f"{quant}_gemm").items():
+        if op:
+            planned.append(AutoTuneOp(name, n, k, m_gemm, "+".join(layers)))
+        else:
+            skipped.append(SkippedOp(name, n, k, "+".join(layers), why))
+    if arch.moe:
+        mode, why = _moe_mode(arch, quant, sm_, engine)
+        if mode:
+            call = moe_call(arch, mode, tensor_parallel_size, engine)
+            planned.append(AutoTuneOp(MOE_OP, call.n, arch.hidden_size, max_num_batched_tokens, "experts",
+                                      mode=mode, tp_size=call.tp_size, ep_size=call.ep_size,
+                                      local_experts=call.local_experts))
+        else:
+            skipped.append(SkippedOp(MOE_OP, 0, arch.hidden_size, "experts", why))
+    return planned, skipped
+
+
+def _merged_linear_shapes(arch: ModelArch, tp: int, op: str) -> dict[tuple[str, int, int], list[str]]:
+    merged: dict[tuple[str, int, int], list[str]] = {}
+    for layer, n, k in _linear_shapes(arch, tp):
+        merged.setdefault((op, n, k), []).append(layer)
+    return merged

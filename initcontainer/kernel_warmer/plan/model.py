@@ -51,6 +51,16 @@ class MoE:
 
 
 @dataclass(frozen=True)
+class VisionTower:
+    """A vision encoder's attention (vLLM's MMEncoderAttention), model-wide."""
+
+    num_heads: int
+    head_size: int
+    depth: int
+    heads_field: str = field(default="vision_config.num_heads", compare=False)
+
+
+@dataclass(frozen=True)
 class ModelArch:
     model_type: str
     dtype: str  # "bfloat16" | "float16" | "float32"
@@ -61,6 +71,19 @@ class ModelArch:
     moe: Optional[MoE] = None
     # "none" | "fp8" | "nvfp4" | other quant_method strings as found
     quantization: str = "none"
+    architectures: tuple[str, ...] = ()
+    # vLLM runs the text layers bidirectionally (EncoderOnlyAttention: the BERT family, or
+    # a config with is_causal false)
+    bidirectional: bool = False
+    # False: vLLM gives every rank all the heads (ModernBERT, vllm/model_executor/models/modernbert.py)
+    heads_split_by_tp: bool = True
+    vision: Optional[VisionTower] = None
+    # the checkpoint's own dtype before vLLM's "auto" picks a 16-bit one (None: not named)
+    checkpoint_dtype: Optional[str] = None
+    # FP8 details that decide FlashInfer's MoE path: "static" / "dynamic" activation scales
+    # (None: not FP8 or not stated), and whether weights are block-scaled
+    fp8_activation_scheme: Optional[str] = None
+    fp8_block_scaled: bool = False
 
 
 # --- the parser ---------------------------------------------------------------------
@@ -71,6 +94,16 @@ _DTYPE_ALIASES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
+# Model types vLLM serves with EncoderOnlyAttention (bert.py, roberta.py, bert_with_rope.py,
+# modernbert.py in vLLM 0.33).
+ENCODER_ONLY_TYPES = {"bert", "roberta", "xlm-roberta", "nomic_bert", "new", "modernbert"}
+# NomicBERT's own spellings of the usual fields (vllm/model_executor/models/config.py:858-904).
+_FIELD_ALIASES = {"nomic_bert": {"n_head": "num_attention_heads", "n_embd": "hidden_size",
+                                 "n_layer": "num_hidden_layers", "n_inner": "intermediate_size"}}
+# Vision towers whose attention vLLM 0.33 builds as head_dim = width // num_heads, heads
+# split over TP (qwen2_vl.py, qwen2_5_vl.py, qwen3_vl.py); the value is the width's field.
+_VISION_WIDTH = {"qwen2_vl": "embed_dim", "qwen2_5_vl": "hidden_size", "qwen3_vl": "hidden_size",
+                 "qwen3_vl_moe": "hidden_size"}
 # Model types whose every attention layer has learned attention sinks (vLLM passes `sinks`).
 _SINK_MODELS = {"gpt_oss"}
 # Model types that use ALiBi position biases.
@@ -258,6 +291,9 @@ def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
     if model_type == "gemma3" and prefix:
         model_type = "gemma3_text"
     cfg = {**_TYPE_DEFAULTS.get(model_type, {}), **cfg}
+    for alias, name in _FIELD_ALIASES.get(model_type, {}).items():
+        if alias in cfg and name not in cfg:
+            cfg[name] = cfg[alias]
 
     heads = _int_field(cfg, "num_attention_heads", prefix, maximum=MAX_HEADS)
     layers_n = _int_field(cfg, "num_hidden_layers", prefix, maximum=MAX_LAYERS)
@@ -310,15 +346,51 @@ def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
     if moe is not None and not _has_dense_layers(cfg):
         intermediate = None
     quant = root.get("quantization_config") or cfg.get("quantization_config")
+    scheme, blocked = _fp8_details(quant)
     return ModelArch(
         model_type=model_type, dtype=dtype, hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers_n, attention_layers=layers, moe=moe,
         quantization=_quantization(quant),
+        architectures=tuple(str(a) for a in root.get("architectures") or () if isinstance(a, str)),
+        bidirectional=model_type in ENCODER_ONLY_TYPES or cfg.get("is_causal") is False,
+        heads_split_by_tp=model_type != "modernbert",
+        vision=_vision(root, str(root.get("model_type") or model_type)),
+        checkpoint_dtype=normalize_dtype(dtype_value, dtype_field) if dtype_value is not None else None,
+        fp8_activation_scheme=scheme, fp8_block_scaled=blocked,
     )
+
+
+def _vision(root: dict, model_type: str) -> Optional[VisionTower]:
+    """The vision tower of the Qwen VL families (the ones whose vLLM code this follows)."""
+    vc = root.get("vision_config")
+    width_field = _VISION_WIDTH.get(model_type)
+    if not isinstance(vc, dict) or width_field is None:
+        return None
+    prefix = "vision_config."
+    heads = _int_field(vc, "num_heads", prefix, maximum=MAX_HEADS)
+    width = _int_field(vc, width_field, prefix)
+    depth = _int_field(vc, "depth", prefix, required=False, maximum=MAX_LAYERS) or 1
+    if width % heads:
+        raise ConfigError(prefix + width_field, f"{width} is not divisible by vision_config.num_heads {heads}")
+    return VisionTower(heads, width // heads, depth)
+
+
+def _fp8_details(qc: Any) -> tuple[Optional[str], bool]:
+    """(activation scheme, block-scaled weights) of an FP8 quantization_config."""
+    if not isinstance(qc, dict):
+        return None, False
+    scheme = qc.get("activation_scheme")
+    blocked = bool(qc.get("weight_block_size"))
+    method = str(qc.get("quant_method") or "").lower()
+    if method == "modelopt" and scheme is None:
+        scheme = "static"  # ModelOpt FP8 checkpoints carry static input scales (modelopt.py:500-504)
+    return (str(scheme).lower() if isinstance(scheme, str) else None), blocked
 
 
 def _layer_windows(cfg: dict, prefix: str, model_type: str, n: int) -> tuple[list[Optional[int]], list[Optional[str]]]:
     """Per layer: sliding window in tokens (None: full) and skip reason (None: plannable)."""
+    if model_type == "modernbert":
+        return _modernbert_windows(cfg, prefix, n)
     window = cfg.get("sliding_window")
     if window is None:
         window = cfg.get("interleaved_sliding_window")
@@ -379,6 +451,15 @@ def _layer_windows(cfg: dict, prefix: str, model_type: str, n: int) -> tuple[lis
         # Qwen2 with the window on: layers from max_window_layers upward are windowed.
         return [window if i >= max_window_layers else None for i in range(n)], skips
     return [window] * n, skips
+
+
+def _modernbert_windows(cfg: dict, prefix: str, n: int) -> tuple[list[Optional[int]], list[Optional[str]]]:
+    """ModernBERT: every global_attn_every_n_layers-th layer (from 0) is global; the others
+    see local_attention // 2 tokens each way, which vLLM passes as a window of that + 1
+    (vllm/model_executor/models/modernbert.py:97-116)."""
+    local = _int_field(cfg, "local_attention", prefix, required=False, maximum=MAX_WINDOW) or 128
+    every = _int_field(cfg, "global_attn_every_n_layers", prefix, required=False, maximum=MAX_LAYERS) or 3
+    return [None if i % every == 0 else local // 2 + 1 for i in range(n)], [None] * n
 
 
 def _moe(cfg: dict, prefix: str) -> Optional[MoE]:

@@ -34,12 +34,16 @@ class VariantResult:
     files: list[str] = field(default_factory=list)  # Triton cache files of this variant
     error: Optional[str] = None
     device: str = ""
+    # compile-only: whether Triton's launcher module was built too (a GPU launch builds it)
+    launcher: Optional[str] = None
     # errno of an OSError that failed it (a full or read-only cache volume is not a kernel bug)
     os_errno: Optional[int] = None
     os_filename: Optional[str] = None
 
     def to_dict(self) -> dict:
         d = {"variant": self.variant.label, "status": self.status, "seconds": round(self.seconds, 3)}
+        if self.launcher:
+            d["launcher"] = self.launcher
         if self.error:
             d["error"] = self.error[-500:]
         return d
@@ -115,6 +119,9 @@ def worker_init(device_queue, target, provider_name) -> None:
     _WORKER["provider"] = providers.get(provider_name)
     _WORKER["target"] = target
     if target is not None:
+        # vLLM's Triton import disables Triton when no driver is active, except where
+        # CUDA_VISIBLE_DEVICES is set and empty (vllm/triton_utils/importing.py)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
         _install_stub_driver(target)
         _WORKER["device"] = f"compile-only:sm_{target[1]}"
     else:
@@ -131,9 +138,10 @@ def compile_variant(variant: TritonVariant) -> VariantResult:
     events = _WORKER["events"]
     events.clear()
     start = time.monotonic()
+    launcher = None
     try:
         if _WORKER["target"] is not None:
-            _WORKER["provider"].compile_only(variant)
+            launcher = _WORKER["provider"].compile_only(variant, _WORKER["target"][1])
         else:
             import torch
 
@@ -147,7 +155,8 @@ def compile_variant(variant: TritonVariant) -> VariantResult:
     fault_point("worker-compiled")
     files = sorted({f for _, fs in events for f in fs})
     status = "compiled" if any(not hit for hit, _ in events) else "hit"
-    return VariantResult(variant, status, time.monotonic() - start, files=files, device=_WORKER["device"])
+    return VariantResult(variant, status, time.monotonic() - start, files=files, device=_WORKER["device"],
+                         launcher=launcher if isinstance(launcher, str) else None)
 
 
 def _os_error_in(exc: BaseException) -> Optional[OSError]:

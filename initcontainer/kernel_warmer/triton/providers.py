@@ -1,21 +1,31 @@
 """Who supplies the prefill-attention kernel that gets compiled.
 
-``builtin``: this project's kernel (kernels/prefill_attention.py). ``vllm``: vLLM's own
-``context_attention_fwd``, so the cache entries are exactly the ones the server will look
-up. ``auto``: vllm when it is importable, else builtin. Import-light: torch, triton and
-vllm are imported inside the methods that launch or compile.
+``vllm``: vLLM's own ``context_attention_fwd``, launched exactly as the planned call site
+launches it (``TritonVariant.call_kwargs``), so the cache entries are the ones the server
+looks up. ``builtin``: this project's causal self-test kernel (no server calls it; kept to
+check a GPU and Triton install without vLLM). ``auto``: vllm when it is importable; else
+the Triton phase has nothing of vLLM's to warm and says so.
+
+Compile-only (no GPU) runs vLLM's own launcher, not a copy of it: the kernel object is
+swapped for one whose ``[grid](...)`` launch is Triton's ``run(..., warmup=True)``, the
+tensors carry only dtype, shape and strides, and the module's ``current_platform`` answers
+for the target capability (the launcher's block size depends on it).
+
+Import-light: torch, triton and vllm are imported inside the methods that launch or compile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import importlib.util
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from kernel_warmer.plan.triton import TritonVariant
+from kernel_warmer.plan.triton import NO_WINDOW, TritonVariant
 
 PROVIDERS = ("auto", "builtin", "vllm")
 # Where vLLM keeps the packed prefill kernel, newest first.
@@ -38,26 +48,36 @@ def vllm_importable() -> bool:
         return False
 
 
-def resolve(name: str, compile_only: bool = False) -> str:
-    """"auto" -> "vllm" when importable, else "builtin"; errors name the setting and the fix."""
+def resolve(name: str) -> Optional[str]:
+    """"auto" -> "vllm" when importable, else None (nothing of vLLM's to warm here)."""
     if name not in PROVIDERS:
         raise ProviderError(f"triton.provider: must be one of {', '.join(PROVIDERS)}, got {name!r}")
     if name == "auto":
-        name = "vllm" if vllm_importable() else "builtin"
+        return "vllm" if vllm_importable() else None
     if name == "vllm" and not vllm_importable():
-        raise ProviderError("triton.provider: 'vllm' is not importable here; use 'builtin' or run in the vLLM image")
-    if name == "vllm" and compile_only:
-        raise ProviderError("compile-only needs triton.provider 'builtin': vLLM's launcher picks its block sizes "
-                            "from the live GPU; run the warmer on the GPU (without --target) for the vllm provider")
+        raise ProviderError("triton.provider: 'vllm' is not importable here; run the warmer in the serving image")
     return name
 
 
 def kernel_fingerprint(name: str) -> str:
-    """What of the kernel's source the cache key must follow (vLLM's version is in the env key)."""
+    """What of the kernel's source the cache key must follow."""
     if name == "builtin":
         src = Path(__file__).parent / "kernels" / "prefill_attention.py"
         return "builtin:" + hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-    return name
+    for path in _vllm_kernel_files():
+        return "vllm:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return "vllm:unknown"
+
+
+def _vllm_kernel_files() -> list[Path]:
+    """vLLM's kernel source files, found without importing vLLM (``check`` stays light)."""
+    try:
+        spec = importlib.util.find_spec("vllm")
+    except (ImportError, ValueError):
+        return []
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    rel = [m.split(".", 1)[1].replace(".", "/") + ".py" for m in VLLM_MODULES]
+    return [Path(r) / p for r in roots for p in rel if (Path(r) / p).is_file()]
 
 
 @dataclass(frozen=True)
@@ -95,68 +115,160 @@ def synthetic_inputs(v: TritonVariant, device: str):
     k = torch.randn(total, v.num_kv_heads, v.head_size, device=device).to(dt)
     val = torch.randn(total, v.num_kv_heads, v.head_size, device=device).to(dt)
     o = torch.empty_like(q)
-    starts = [0, SYNTHETIC_LENGTHS[0]]
-    b_start = torch.tensor(starts, dtype=torch.int32, device=device)
+    b_start = torch.tensor([0, SYNTHETIC_LENGTHS[0]], dtype=torch.int32, device=device)
     b_len = torch.tensor(SYNTHETIC_LENGTHS, dtype=torch.int32, device=device)
     return q, k, val, o, b_start, b_len
+
+
+def shape_only_inputs(v: TritonVariant):
+    import torch
+
+    dt = _torch_dtype(v.dtype)
+    total = sum(SYNTHETIC_LENGTHS)
+    q = ShapeOnlyTensor(dt, (total, v.num_heads, v.head_size))
+    kv = ShapeOnlyTensor(dt, (total, v.num_kv_heads, v.head_size))
+    idx = ShapeOnlyTensor(torch.int32, (len(SYNTHETIC_LENGTHS),))
+    return q, kv, kv, ShapeOnlyTensor(dt, q.shape), idx, idx
 
 
 class BuiltinProvider:
     name = "builtin"
 
+    def _check(self, v: TritonVariant) -> None:
+        if not v.is_causal:
+            raise ProviderError(f"the builtin kernel is causal only; {v.site} is not (use the vllm provider)")
+
     def launch(self, v: TritonVariant, device: str) -> None:
         from kernel_warmer.triton.kernels.prefill_attention import prefill_attention
 
+        self._check(v)
         q, k, val, o, b_start, b_len = synthetic_inputs(v, device)
         prefill_attention(q, k, val, o, b_start, b_len, max(SYNTHETIC_LENGTHS), scale=v.scale,
-                          softcap=v.softcap, sliding_window=v.sliding_window)
+                          softcap=v.softcap, sliding_window=v.sliding_window or NO_WINDOW)
 
-    def compile_only(self, v: TritonVariant) -> Any:
+    def compile_only(self, v: TritonVariant, capability: int) -> Any:
         """JITFunction.warmup with shape-only tensors; the active driver decides the target."""
         from kernel_warmer.triton.kernels.prefill_attention import (
             _prefill_attention_kernel,
             kernel_args,
         )
 
-        dt = _torch_dtype(v.dtype)
-        total = sum(SYNTHETIC_LENGTHS)
-        q = ShapeOnlyTensor(dt, (total, v.num_heads, v.head_size))
-        kv = ShapeOnlyTensor(dt, (total, v.num_kv_heads, v.head_size))
-        o = ShapeOnlyTensor(dt, (total, v.num_heads, v.head_size))
-        import torch
-
-        idx = ShapeOnlyTensor(torch.int32, (len(SYNTHETIC_LENGTHS),))
-        args, kwargs = kernel_args(q, kv, kv, o, idx, idx, v.scale, v.softcap, v.sliding_window)
+        self._check(v)
+        q, k, val, o, idx, _ = shape_only_inputs(v)
+        args, kwargs = kernel_args(q, k, val, o, idx, idx, v.scale, v.softcap, v.sliding_window or NO_WINDOW)
         return _prefill_attention_kernel.warmup(*args, grid=(1,), **kwargs)
+
+
+def _vllm_module():
+    errors = []
+    for name in VLLM_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        if hasattr(mod, "context_attention_fwd"):
+            return mod
+        errors.append(f"{name}: no context_attention_fwd")
+    raise ProviderError("vllm provider: no context_attention_fwd found (" + "; ".join(errors) + ")")
+
+
+class TargetPlatform:
+    """vLLM's ``current_platform`` as the launcher asks it, answering for a target GPU."""
+
+    def __init__(self, capability: int) -> None:
+        self.capability = capability
+
+    def is_rocm(self) -> bool:
+        return False
+
+    def is_cuda(self) -> bool:
+        return True
+
+    def is_cuda_alike(self) -> bool:
+        return True
+
+    def get_device_capability(self, device_id: int = 0) -> int:
+        return self.capability
+
+    def has_device_capability(self, capability: Any, device_id: int = 0) -> bool:
+        if isinstance(capability, tuple):
+            capability = capability[0] * 10 + capability[1]
+        return self.capability >= int(capability)
+
+
+class _WarmupKernel:
+    """``kernel[grid](...)`` that compiles (Triton's warmup launch) and records the result."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.compiled: list[Any] = []
+
+    def __getitem__(self, grid: Any) -> Callable:
+        def launch(*args: Any, **kwargs: Any) -> Any:
+            compiled = self.kernel.run(*args, grid=grid, warmup=True, **kwargs)
+            self.compiled.append(compiled)
+            return compiled
+        return launch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kernel, name)
+
+
+@contextlib.contextmanager
+def warmup_only(module: Any, capability: int) -> Iterator[_WarmupKernel]:
+    """Within: every launch of ``module._fwd_kernel`` compiles only, for ``capability``."""
+    kernel, platform = module._fwd_kernel, getattr(module, "current_platform", None)
+    proxy = _WarmupKernel(kernel)
+    module._fwd_kernel, module.current_platform = proxy, TargetPlatform(capability)
+    try:
+        yield proxy
+    finally:
+        module._fwd_kernel = kernel
+        if platform is not None:
+            module.current_platform = platform
+
+
+def build_launcher(compiled: Any) -> str:
+    """Build Triton's per-signature launcher module into the cache (a GPU process would
+    on its first launch). Needs libcuda on the machine; says why not where it is missing."""
+    try:
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        CudaLauncher(compiled.src, compiled.metadata)
+        return "built"
+    except Exception as exc:  # noqa: BLE001 - best effort: the GPU process builds it otherwise
+        return f"not built ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
 
 
 class VllmProvider:
     name = "vllm"
 
-    def _fn(self) -> Callable:
-        errors = []
-        for mod in VLLM_MODULES:
-            try:
-                return importlib.import_module(mod).context_attention_fwd
-            except (ImportError, AttributeError) as exc:
-                errors.append(f"{mod}: {exc}")
-        raise ProviderError("vllm provider: no context_attention_fwd found (" + "; ".join(errors) + ")")
+    def _call(self, fn: Callable, v: TritonVariant, tensors: tuple, sinks: Any) -> None:
+        kwargs = v.call_kwargs()
+        if "sinks" in kwargs:
+            kwargs["sinks"] = sinks if kwargs["sinks"] else None
+        q, k, val, o, b_start, b_len = tensors
+        fn(q, k, val, o, b_start, b_len, max(SYNTHETIC_LENGTHS), **accepted_kwargs(fn, kwargs))
 
     def launch(self, v: TritonVariant, device: str) -> None:
-        fn = self._fn()
-        q, k, val, o, b_start, b_len = synthetic_inputs(v, device)
-        wanted = {
-            "is_causal": True,
-            "softmax_scale": v.scale,
-            "sliding_window_q": v.sliding_window[0] if v.sliding_window[0] >= 0 else None,
-            "sliding_window_k": v.sliding_window[1] if v.sliding_window[1] >= 0 else None,
-            "softcap": v.softcap,
-            "logit_cap": v.softcap,
-        }
-        fn(q, k, val, o, b_start, b_len, max(SYNTHETIC_LENGTHS), **accepted_kwargs(fn, wanted))
+        import torch
 
-    def compile_only(self, v: TritonVariant) -> Any:
-        raise ProviderError("the vllm provider cannot compile without a GPU; see providers.resolve")
+        fn = _vllm_module().context_attention_fwd
+        sinks = torch.zeros(v.num_heads, dtype=torch.float32, device=device) if v.sinks else None
+        self._call(fn, v, synthetic_inputs(v, device), sinks)
+
+    def compile_only(self, v: TritonVariant, capability: int) -> str:
+        """vLLM's launcher under a warmup-only launch; returns what became of the launcher module."""
+        import torch
+
+        module = _vllm_module()
+        sinks = ShapeOnlyTensor(torch.float32, (v.num_heads,)) if v.sinks else None
+        with warmup_only(module, capability) as kernel:
+            self._call(module.context_attention_fwd, v, shape_only_inputs(v), sinks)
+        if not kernel.compiled:
+            raise ProviderError("vllm provider: context_attention_fwd launched no kernel")
+        return build_launcher(kernel.compiled[-1])
 
 
 def accepted_kwargs(fn: Callable, wanted: dict[str, Any]) -> dict[str, Any]:
