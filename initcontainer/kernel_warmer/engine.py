@@ -258,6 +258,8 @@ def _hf_is_causal(flag: str, raw: str) -> Optional[bool]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
+        if raw.lstrip().startswith("{"):
+            raise EngineArgError(flag, f"must be JSON, e.g. '{{\"is_causal\": false}}', got {raw!r:.60}") from None
         return None
     causal = value.get("is_causal") if isinstance(value, dict) else None
     return causal if isinstance(causal, bool) else None

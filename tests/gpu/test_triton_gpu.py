@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.sites import FORK_SITE
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
@@ -39,7 +40,11 @@ def plan_doc(name: str, tp: int = 1) -> dict:
     from kernel_warmer.plan.model import load_arch
     from kernel_warmer.plan.triton import plan_triton
 
-    return plan_triton(load_arch(str(CONFIGS / f"{name}.json")), tp).to_dict()
+    from kernel_warmer.spec import EngineSection
+
+    # the builtin (causal) self-test kernel compiles the seed fork's decoder site
+    fork = EngineSection(attention_backend="TRITON_ATTN", kv_cache_dtype="nvfp4")
+    return plan_triton(load_arch(str(CONFIGS / f"{name}.json")), tp, None, fork).to_dict()
 
 
 def all_variants() -> list[dict]:
@@ -59,7 +64,7 @@ def warm(cache: Path, variants: list[dict], *extra: str, tag: str) -> dict:
               for v in variants]
     plan.write_text(json.dumps({"layers": layers}))
     out = subprocess.run([sys.executable, "-m", "kernel_warmer", "run", "--plan", str(plan), "--cache-dir", str(cache),
-                          "--no-flashinfer", "--provider", "builtin", "--termination-log", "/nonexistent/x", *extra],
+                          "--no-flashinfer", *FORK_SITE, "--termination-log", "/nonexistent/x", *extra],
                          capture_output=True, text=True, env=env_for(), timeout=600)
     (OUT / f"warm-{tag}.log").write_text(out.stderr + "\n" + out.stdout)
     assert out.returncode == 0, out.stderr[-4000:]

@@ -70,7 +70,7 @@ CASES = [
          [enc(12, 12, 64), enc(12, 12, 64, window=65)]),
     # Qwen3 with is_causal false (qwen3.py:197-200): GQA 16/8 heads of 128, bf16 config.
     Case("qwen3-bidir-tp4", "qwen3-embedding-0.6b",
-         f"vllm serve Qwen/Qwen3-Embedding-0.6B -tp 4 {TRITON} --hf-overrides {{\"is_causal\":false}}",
+         f"vllm serve Qwen/Qwen3-Embedding-0.6B -tp 4 {TRITON} --hf-overrides '{{\"is_causal\": false}}'",
          [enc(4, 2, 128, dtype=BF16)]),
     # Qwen2.5-VL vision tower (qwen2_5_vl.py:353-402): 16 heads of 1280/16 = 80, split over TP.
     Case("qwen25vl-vit-tp2", "qwen2.5-vl-7b",
@@ -143,7 +143,8 @@ def test_server_calls_compile_nothing_after_warmup(case, mode, tmp_path, vllm_pa
         assert r["compiled"] == 0, f"the server compiled after warmup: {r}"
         assert r["max_abs_err"] < 2e-2, r
     # the control: the same calls on an empty cache do compile (the count can fail)
-    cold = server_calls(case, tmp_path / "cold" / "c", vllm_path, f"{case.name}-cold")
+    (tmp_path / "cold").mkdir()
+    cold = server_calls(case, tmp_path / "cold" / "cache", vllm_path, f"{case.name}-{mode}-cold")
     assert all(r["compiled"] >= 1 for r in cold), cold
 
 
