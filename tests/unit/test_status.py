@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kernel_warmer.report import TritonCounts, WarmupSummary
 from warmup_operator.core import names
 from warmup_operator.core.status import (
@@ -47,6 +49,19 @@ def test_crash_log_is_kept_as_text_and_is_a_failure():
 def test_summary_that_reports_failure():
     obs = observe_pod(pod(WarmupSummary(status="failed", error="nvcc missing").compact_json()))
     assert not obs.succeeded
+
+
+@pytest.mark.parametrize("message, exit_code, succeeded, seconds", [
+    (WarmupSummary(status="ok", seconds=2.0).compact_json(), 0, True, 2.0),
+    (WarmupSummary(status="skipped").compact_json(), 0, True, 0.0),
+    (WarmupSummary(status="failed", seconds=1.0).compact_json(), 0, False, 1.0),  # failurePolicy Ignore
+    (WarmupSummary(status="failed").compact_json(), 1, False, 0.0),  # failurePolicy Fail
+    ('{"status": "ok", "seconds": "soon"}', 0, True, None),  # not the warmer's model: plain JSON
+    ("Traceback ...", 0, True, None),  # no summary: the exit code decides
+])
+def test_outcome_and_seconds_from_the_summary_the_warmer_writes(message, exit_code, succeeded, seconds):
+    obs = observe_pod(pod(message, exit_code=exit_code))
+    assert (obs.succeeded, obs.seconds) == (succeeded, seconds)
 
 
 def test_no_observation_before_the_warmer_finished():

@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 from warmup_operator.core import inject, names, uninject
 from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec, SpecInvalid, parse_spec
-from warmup_operator.core.kinds import KINDS, WorkloadKind
+from warmup_operator.core.kinds import WorkloadKind
 from warmup_operator.core.targets import selects, templates
 
 
@@ -125,7 +125,3 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         if frag:
             merged = deep_merge(merged, nest(path, frag))
     return Decision("remove", **base, body=apply_body(kind, name, namespace, merged))
-
-
-def kind_of(obj: Any) -> Optional[WorkloadKind]:
-    return KINDS.get(obj.get("kind", ""))

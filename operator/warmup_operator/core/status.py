@@ -11,12 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from kernel_warmer.report import WarmupSummary
 from warmup_operator.core import names
 
-try:  # the warmer's own summary model, when present
-    from kernel_warmer.report import WarmupSummary  # type: ignore
-except ImportError:  # pragma: no cover - older warmer package
-    WarmupSummary = None  # type: ignore
 
 
 @dataclass(frozen=True)
@@ -33,26 +30,15 @@ class WarmupObservation:
 
     @property
     def succeeded(self) -> bool:
-        if self.exit_code != 0:
-            return False
-        s = self.summary or {}
-        for key in ("ok", "succeeded", "success"):
-            if isinstance(s.get(key), bool):
-                return s[key]
-        status = s.get("status") or s.get("outcome")
-        if isinstance(status, str):
-            return status.lower() in ("ok", "succeeded", "success", "warm", "skipped")
-        return True
+        """Exit 0 and a summary status the warmer counts as done (``ok``, ``skipped``);
+        a message that is no summary (a crash log tail) only has the exit code."""
+        status = (self.summary or {}).get("status")
+        return self.exit_code == 0 and (not isinstance(status, str) or status.lower() in ("ok", "skipped"))
 
     @property
     def seconds(self) -> Optional[float]:
-        s = self.summary or {}
-        for key in ("seconds", "totalSeconds", "durationSeconds", "elapsedSeconds", "wallSeconds",
-                    "total_s", "elapsed_s", "wall_s", "duration_s"):
-            v = s.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
-        return None
+        v = (self.summary or {}).get("seconds")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -64,14 +50,10 @@ def parse_summary(message: str) -> Optional[dict]:
     text = (message or "").strip()
     if not text.startswith("{"):
         return None
-    if WarmupSummary is not None:
-        try:
-            s = WarmupSummary.from_json(text)
-            for attr in ("to_dict", "as_dict"):
-                if hasattr(s, attr):
-                    return getattr(s, attr)()
-        except Exception:  # noqa: BLE001 - fall back to plain JSON below
-            pass
+    try:
+        return WarmupSummary.from_json(text).to_dict()
+    except Exception:  # noqa: BLE001 - a message from a container: fall back to plain JSON below
+        pass
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

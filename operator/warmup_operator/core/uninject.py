@@ -73,10 +73,6 @@ def removal_fragment(live_template: dict) -> dict:
     return {"spec": {"containers": containers}} if containers else {}
 
 
-def is_injected(template: dict) -> bool:
-    return bool(((template or {}).get("metadata") or {}).get("annotations", {}).get(names.ANN_HASH))
-
-
 def live_hash(template: dict) -> Optional[str]:
     return (((template or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_HASH)
 
