@@ -120,7 +120,8 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
         if layout.root.is_dir() and not os.access(layout.root, os.W_OK):
             _run_read_only(r, summary, log)
         else:
-            layout.create()
+            for note in layout.create():
+                log(f"repair: {note}")
             with file_lock(layout.lock_path, timeout_s=float(spec.timeout_seconds)) as waited:
                 fault_point("locked")
                 if waited > 1.0:
@@ -133,7 +134,7 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
                     _mark_warm(r, summary, verdict.reason, log)
                 else:
                     log(f"cold: {verdict.reason}")
-                    if verdict.bad_files:
+                    if verdict.bad_files or verdict.damaged:
                         removed = repair(layout, r.key, verdict.bad_files)
                         log(f"repair: removed {len(removed)} damaged entr(y/ies) before rebuilding")
                     _warm(r, summary, log, sequential)

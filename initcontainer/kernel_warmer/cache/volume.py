@@ -13,9 +13,11 @@ the new one, never half. Stdlib only: the operator imports it."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_warmer.cache.untrusted import ensure_real_dir, real_dir
 from kernel_warmer.files import TEMP_GLOB
 
 
@@ -55,20 +57,36 @@ class CacheLayout:
     def manifest_path(self, key: str) -> Path:
         return self.manifests_dir / f"{key}.json"
 
-    def create(self) -> None:
-        for d in (self.triton_dir, self.manifests_dir, self.flashinfer_root):
-            d.mkdir(parents=True, exist_ok=True)
+    def create(self) -> list[str]:
+        """Make the sub-folders; a symlink or file in the place of one is replaced, never
+        followed (the volume may be shared). Returns what was replaced, for the log."""
+        notes = [ensure_real_dir(d) for d in (self.triton_dir, self.manifests_dir, self.flashinfer_root)]
+        return [n for n in notes if n]
 
     def sweep_temp_files(self) -> list[Path]:
-        """Remove temp files a killed writer left (call with the lock held: then no live
-        writer of ours owns one). Only our own naming, only our own folders."""
+        """Remove temp files a killed writer left, and symlinks planted among the cache
+        entries (call with the lock held: then no live writer of ours owns one). Only our
+        own naming, only our own folders, never through a symlink."""
         removed = []
-        folders = [self.manifests_dir, *sorted(self.flashinfer_root.glob("*"))]
+        for top in (self.triton_dir, self.flashinfer_root):
+            for p in _symlinks_in(top):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        folders = [self.manifests_dir, *sorted(p for p in self.flashinfer_root.glob("*") if real_dir(p))]
         for d in folders:
-            if not d.is_dir():
+            if not real_dir(d):
                 continue
             for p in d.glob(TEMP_GLOB):
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p)
         return removed
+
+
+def _symlinks_in(folder: Path) -> list[Path]:
+    if not real_dir(folder):
+        return []
+    with contextlib.suppress(OSError), os.scandir(folder) as it:
+        return [folder / e.name for e in it if e.is_symlink()]
+    return []
