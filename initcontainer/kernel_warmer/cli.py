@@ -14,10 +14,14 @@ import dataclasses
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
+from kernel_warmer.deadline import Watchdog, kill_tree
 from kernel_warmer.plan.model import ConfigError
+from kernel_warmer.pod import in_pod, termination_path
 from kernel_warmer.spec import SPEC_ENV, ModelSource, SpecError, WarmerSpec, _load
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -72,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_args(p)
         if name == "run":
             p.add_argument("--failure-policy", type=str.lower, choices=["ignore", "fail"], default=None)
-            p.add_argument("--termination-log", default="/dev/termination-log", metavar="PATH")
+            p.add_argument("--termination-log", default=None, metavar="PATH",
+                           help="also write the compact summary here (default: /dev/termination-log "
+                                "inside a Pod, nowhere outside one)")
             p.add_argument("--sequential", action="store_true",
                            help="one variant after another in one process (the baseline loop)")
     return parser
@@ -80,6 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Plans and spec files are hand-written and small; refuse big ones before parsing.
 MAX_PLAN_BYTES = 1 << 20
+
+
+MAX_PLAN_NODES = 100_000
+
+
+def expanded_nodes(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with every YAML alias expanded, counted without
+    expanding (shared objects are counted once per reference, memoised by identity), and
+    cut at ``limit`` + 1: a "billion laughs" plan is refused in microseconds."""
+    memo: dict[int, int] = {}
+
+    def count(x: Any) -> int:
+        if id(x) in memo:
+            return memo[id(x)]
+        items = x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()
+        n = 1
+        for item in items:
+            n += count(item)
+            if n > limit:
+                break
+        memo[id(x)] = n = min(n, limit + 1)
+        return n
+
+    try:
+        return count(data)
+    except RecursionError:
+        return limit + 1
 
 
 def load_plan_file(path: str) -> ModelSource:
@@ -97,6 +130,9 @@ def load_plan_file(path: str) -> ModelSource:
             data = yaml.safe_load(text)
         except (yaml.YAMLError, RecursionError) as exc:
             raise UsageError(f"--plan {path}: not valid YAML ({str(exc)[:200]})") from None
+        if expanded_nodes(data, MAX_PLAN_NODES) > MAX_PLAN_NODES:
+            raise UsageError(f"--plan {path}: expands to over {MAX_PLAN_NODES} values through YAML aliases "
+                             "(*name); write the layers out (a layer's count field repeats it)")
     else:
         try:
             data = read_json_file(Path(path), "plan file", "--plan", MAX_PLAN_BYTES)
@@ -170,6 +206,8 @@ def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
     if getattr(args, "provider", None):
         tri["provider"] = args.provider
     if getattr(args, "workers", None) is not None:
+        if args.workers < 0:
+            raise UsageError(f"--workers must be >= 0 (0 picks from the GPUs and cores), got {args.workers}")
         tri["workers"] = args.workers
     if getattr(args, "no_flashinfer", False):
         fi["enabled"] = False
@@ -243,17 +281,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kernel_warmer.report import WarmupSummary
     from kernel_warmer.runner import run
 
+    term = termination_path(args.termination_log)
     try:
         spec = spec_from_args(args)
+        if not (in_pod() or args.cache_dir or args.spec or args.spec_env):
+            raise UsageError("--cache-dir DIR is required outside a Pod (the cache volume's root; "
+                             "inside a Pod the operator's spec names it)")
     except (UsageError, SpecError, ConfigError, OSError) as exc:
         # still a summary: the operator reads the termination message for every outcome
-        summary = WarmupSummary(status="failed", error=str(exc))
-        policy_ignore = getattr(args, "failure_policy", None) == "ignore"
-        _finish(summary, args.termination_log)
-        return EXIT_OK if policy_ignore else EXIT_FAILED
+        _log(f"error: {exc}")
+        _finish(WarmupSummary(status="failed", error=str(exc)), term)
+        return EXIT_OK if getattr(args, "failure_policy", None) == "ignore" else EXIT_USAGE
+    finished = threading.Lock()
+    out_fd = os.dup(1)  # the real stdout, for a timeout summary written while fd 1 points at stderr
+    dog = Watchdog(float(spec.timeout_seconds), lambda s: _expire(spec, s, out_fd, term, finished)).start()
     with _stdout_to_stderr():
         summary = run(spec, _log, sequential=args.sequential)
-    _finish(summary, args.termination_log)
+    if not finished.acquire(blocking=False):  # the watchdog is reporting the timeout
+        time.sleep(3600)
+    dog.cancel()
+    os.close(out_fd)
+    _finish(summary, term)
     if summary.status == "failed":
         _log(f"failed: {summary.error}")
         if spec.failure_policy == "Ignore":
@@ -261,6 +309,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_OK
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _expire(spec: WarmerSpec, elapsed: float, out_fd: int, term: Optional[str], finished: threading.Lock) -> None:
+    """The watchdog's end of a run that overran timeoutSeconds (see deadline.py)."""
+    from kernel_warmer.report import WarmupSummary
+
+    if not finished.acquire(blocking=False):
+        return  # the run finished just now and reports itself
+    killed = kill_tree()
+    error = (f"timeoutSeconds ({spec.timeout_seconds}s) reached after {elapsed:.0f}s: the warmup was stopped "
+             f"({killed} child process(es) killed); raise spec.timeoutSeconds or find the hang in the log above")
+    _log(error)
+    summary = WarmupSummary(status="failed", seconds=elapsed, error=error)
+    with contextlib.suppress(OSError):
+        os.write(out_fd, (summary.to_json() + "\n").encode())
+    _write_termination(summary, term)
+    ignore = spec.failure_policy == "Ignore"
+    if ignore:
+        _log("failurePolicy Ignore: exiting 0 so the server starts (cold)")
+    os._exit(EXIT_OK if ignore else EXIT_FAILED)
 
 
 @contextlib.contextmanager
@@ -278,11 +346,16 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _finish(summary, termination_log: str) -> None:
+def _finish(summary, termination_log: Optional[str]) -> None:
+    print(summary.to_json(), flush=True)
+    _write_termination(summary, termination_log)
+
+
+def _write_termination(summary, termination_log: Optional[str]) -> None:
     from kernel_warmer.runner import write_termination_message
 
-    print(summary.to_json(), flush=True)
-    write_termination_message(summary, termination_log)
+    if termination_log:
+        write_termination_message(summary, termination_log)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

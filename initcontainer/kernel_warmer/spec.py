@@ -80,6 +80,10 @@ class TritonSection:
     # Parallel workers; 0 picks from visible GPUs and CPU cores.
     workers: int = 0
 
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise SpecError("workers", "must be >= 0 (0 picks from the visible GPUs and CPU cores)")
+
 
 @dataclass(frozen=True)
 class FlashInferSection:
