@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.sites import FORK_SITE
 
 from kernel_warmer.cache.manifest import file_entries, manifest_key, repair, verify, write_manifest
 from kernel_warmer.cache.untrusted import UnsafePath, check_relpath
@@ -188,7 +189,7 @@ def test_cache_copied_to_another_path_is_cold_and_repair_removes_the_entry(tmp_p
 
 def warmer(sub: str, plan: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kernel_warmer", sub, "--plan", str(plan), "--cache-dir", str(cache),
-                           "--target", "sm_90", "--no-flashinfer", *extra], capture_output=True, text=True,
+                           "--target", "sm_90", "--no-flashinfer", *FORK_SITE, *extra], capture_output=True, text=True,
                           env=ENV, timeout=300)
 
 
