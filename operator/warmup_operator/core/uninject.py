@@ -7,6 +7,7 @@ from typing import Optional
 
 from warmup_operator.core import names
 from warmup_operator.core.containers import env_entry
+from warmup_operator.core.dicts import get_path
 
 
 def strip_site(pythonpath: str) -> str:
@@ -74,8 +75,8 @@ def removal_fragment(live_template: dict) -> dict:
 
 
 def live_hash(template: dict) -> Optional[str]:
-    return (((template or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_HASH)
+    return get_path(template or {}, ("metadata", "annotations", names.ANN_HASH))
 
 
 def live_owner(template: dict) -> Optional[str]:
-    return (((template or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_INJECTED_BY)
+    return get_path(template or {}, ("metadata", "annotations", names.ANN_INJECTED_BY))
