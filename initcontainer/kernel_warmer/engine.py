@@ -324,12 +324,18 @@ def parse_serve(command: Sequence[str] = (), args: Sequence[str] = (),
     return ServeCommand(values, sources, tuple(notes), model)
 
 
-def _get(data: Mapping[str, Any], path: str) -> Any:
+def get_path(data: Mapping[str, Any], path: str) -> Any:
     for part in path.split("."):
         if not isinstance(data, Mapping) or part not in data:
             return None
         data = data[part]
     return data
+
+
+def command_paths() -> set[str]:
+    """Every spec field a serving command can set."""
+    return ({p for p, _ in VALUE_FLAGS.values()} | {p for p, _ in BOOL_FLAGS.values()} | {"engine.bidirectional"}) \
+        - {"model", "optimization_level"}
 
 
 def merge_into_spec(spec: Mapping[str, Any], serve: Optional[ServeCommand]) -> tuple[dict[str, Any], list[Conflict]]:
@@ -341,7 +347,7 @@ def merge_into_spec(spec: Mapping[str, Any], serve: Optional[ServeCommand]) -> t
     if serve is None:
         return merged, conflicts
     for path, value in serve.settings.items():
-        mine = _get(merged, path)
+        mine = get_path(merged, path)
         if mine is None or mine == "auto":
             node = merged
             *parents, leaf = path.split(".")

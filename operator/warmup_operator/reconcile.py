@@ -140,7 +140,8 @@ class Controller:
             if d.owner == cr.name:
                 msg = d.error.__str__() if d.error else "; ".join(d.warnings)
                 states.append(TargetState(kind.kind, d.name, injected=d.action == "none" and d.error is None,
-                                          hash=d.hash or "", replicas=replicas, ready_replicas=ready, message=msg))
+                                          hash=d.hash or "", replicas=replicas, ready_replicas=ready, message=msg,
+                                          engine=d.engine))
             elif cr.name in d.conflicts:
                 states.append(TargetState(kind.kind, d.name, injected=False, replicas=replicas, ready_replicas=ready,
                                           message=f"also selected by KernelWarmup {d.owner} (older); this one is ignored"))

@@ -60,10 +60,9 @@ def walk(dc, schema: dict, path: str, missing: list, defaults: list) -> None:
 
 def command_fields() -> set[str]:
     """spec.<path> of every field the serving command can set (kernel_warmer.engine)."""
-    from kernel_warmer.engine import BOOL_FLAGS, VALUE_FLAGS
+    from kernel_warmer.engine import command_paths
 
-    paths = {p for p, _ in VALUE_FLAGS.values()} | {p for p, _ in BOOL_FLAGS.values()}
-    return {f"spec.{p}" for p in paths if p not in ("model", "optimization_level")} | {"spec.engine.bidirectional"}
+    return {f"spec.{p}" for p in command_paths()}
 
 
 def test_crd_schema_covers_every_warmer_field(crd):

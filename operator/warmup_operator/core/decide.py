@@ -65,6 +65,7 @@ class Decision:
     error: Optional[inject.InjectionError] = None
     conflicts: tuple[str, ...] = ()  # other KernelWarmups that select it too (ignored)
     warnings: tuple[str, ...] = ()
+    engine: Optional[dict] = None  # what the warmer plans for and from where (first template)
 
 
 def workload_meta(obj: Any) -> tuple[str, str, dict]:
@@ -95,6 +96,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         merged: dict = {}
         desired: list[str] = []
         warnings: list[str] = []
+        engine: Optional[dict] = None
         for path, t in tmpls:
             try:
                 inj = inject.build_injection(spec, uninject.user_view(t), cr_name=owner.name,
@@ -102,15 +104,17 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
             except inject.InjectionError as exc:
                 return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
             desired.append(inj.hash)
-            warnings.extend(inj.warnings)
+            warnings.extend(w for w in inj.warnings if w not in warnings)
+            engine = inj.engine if engine is None else engine
             merged = deep_merge(merged, nest(path, inj.fragment))
         h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
         up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
                          for (_, t), d in zip(tmpls, desired))
         if up_to_date:
-            return Decision("none", **base, owner=owner.name, hash=h, conflicts=conflicts, warnings=tuple(warnings))
+            return Decision("none", **base, owner=owner.name, hash=h, conflicts=conflicts, warnings=tuple(warnings),
+                            engine=engine)
         return Decision("inject", **base, owner=owner.name, hash=h, body=apply_body(kind, name, namespace, merged),
-                        conflicts=conflicts, warnings=tuple(warnings))
+                        conflicts=conflicts, warnings=tuple(warnings), engine=engine)
 
     if not live_owners:
         return Decision("none", **base)

@@ -36,6 +36,7 @@ from warmup_operator.core.containers import (
 )
 from warmup_operator.core.dicts import dedupe_by_name
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec
+from warmup_operator.core.serving import serving_engine
 
 WARMER_COMMAND_TAIL = ["-m", "kernel_warmer", "run", "--spec-env", SPEC_ENV]
 BOOTSTRAP_COMMAND = ["python3", "-m", "kernel_warmer.bootstrap", "--dest", names.PKG_MOUNT]
@@ -47,6 +48,8 @@ class Injection:
     hash: str
     serving_container: str
     warnings: tuple[str, ...] = field(default=())
+    # what the warmer plans for, per spec field, and where it came from (core/serving.py)
+    engine: dict = field(default_factory=dict, compare=False)
 
 
 def digest(obj: Any) -> str:
@@ -56,21 +59,22 @@ def digest(obj: Any) -> str:
 def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str,
                     default_bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE) -> Injection:
     """The fragment that injects ``spec`` into ``user_template`` (the user's own view):
-    check reserved names, build each container's env, the two init containers, the
-    volumes and the serving container's patch, then hash and annotate."""
+    check reserved names, read the serving command, build each container's env, the two
+    init containers, the volumes and the serving container's patch, then hash and annotate."""
     serving = pick_serving_container(user_template, spec.serving_container)
     mount = spec.cache.mount_path
     check_reserved(user_template, serving, mount)
+    engine = serving_engine(spec, serving)
     cache = cache_env(mount)
     env, warnings = serving_env(serving, cache, spec.sitecustomize)
-    warmer = warmer_container(spec, serving, warmer_env(serving, cache, spec.warmer.to_json()))
+    warmer = warmer_container(spec, serving, warmer_env(serving, cache, engine.warmer.to_json()))
     body = {"spec": {
         "initContainers": [bootstrap_container(spec.container.bootstrap_image or default_bootstrap_image), warmer],
         "volumes": pod_volumes(spec.cache.source),
         "containers": [serving_patch(serving["name"], env, mount)],
     }}
     fragment, h = annotate(body, cr_name)
-    return Injection(fragment, h, serving["name"], tuple(warnings))
+    return Injection(fragment, h, serving["name"], tuple(warnings) + engine.warnings, engine.derived)
 
 
 # --- the steps, each pure ---------------------------------------------------------------

@@ -70,6 +70,9 @@ class KernelWarmupSpec:
     warmer: WarmerSpec
     serving_container: Optional[str] = None
     sitecustomize: bool = True
+    # the warmer fields exactly as the CR writes them (camelCase, cacheDir added): what the
+    # serving command may fill in (core/serving.py) where the CR leaves a field unset
+    warmer_fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _obj(data: Any, where: str) -> dict:
@@ -196,4 +199,5 @@ def parse_spec(spec: Any) -> KernelWarmupSpec:
     if not isinstance(site, bool):
         raise SpecInvalid("spec.sitecustomize", f"must be true or false, got {site!r}")
     warmer = render_warmer(spec, cache.mount_path)
-    return KernelWarmupSpec(targets, cache, container, warmer, serving, site)
+    fields = {**{k: spec[k] for k in WARMER_KEYS if k in spec}, "cacheDir": cache.mount_path}
+    return KernelWarmupSpec(targets, cache, container, warmer, serving, site, fields)

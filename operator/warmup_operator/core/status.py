@@ -102,6 +102,8 @@ class TargetState:
     replicas: int = 0
     ready_replicas: int = 0
     message: str = ""
+    # spec path -> {"value", "from"}: what the warmer plans for, read from the serving command
+    engine: Optional[dict] = None
 
     def to_status(self) -> dict:
         out: dict[str, Any] = {"kind": self.kind, "name": self.name, "injected": self.injected,
@@ -110,6 +112,9 @@ class TargetState:
             out["hash"] = self.hash
         if self.message:
             out["message"] = self.message
+        if self.engine:
+            out["engine"] = [{"field": path, "value": str(v["value"]), "from": v["from"]}
+                             for path, v in sorted(self.engine.items())]
         return out
 
 
