@@ -136,3 +136,22 @@ def test_command_fills_what_the_kernelwarmup_leaves_unset_and_reports_conflicts(
 def test_no_command_changes_nothing():
     spec = {"tensorParallelSize": 2}
     assert merge_into_spec(spec, None) == (spec, [])
+
+
+def test_a_tp_that_does_not_split_the_heads_names_the_flag(tmp_path):
+    """vLLM refuses -tp 3 for 32 heads; so does the plan, naming the config field and the flag."""
+    import shlex
+    from pathlib import Path
+
+    from kernel_warmer.plan.model import ConfigError, load_arch
+    from kernel_warmer.plan.triton import plan_triton
+    from kernel_warmer.spec import WarmerSpec
+
+    config = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "llama3-8b.json"
+    merged, _ = merge_into_spec({"model": {"configPath": str(config)}},
+                                parse_serve(shlex.split("vllm serve meta-llama/Llama-3.1-8B -tp 3")))
+    spec = WarmerSpec.from_dict(merged)
+    with pytest.raises(ConfigError) as err:
+        plan_triton(load_arch(spec.model), spec.tensor_parallel_size, spec.dtype, spec.engine)
+    assert err.value.field == "num_attention_heads"
+    assert "-tp/--tensor-parallel-size" in str(err.value) and "tensor-parallel size 3" in str(err.value)

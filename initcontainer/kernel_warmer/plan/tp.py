@@ -26,7 +26,8 @@ class SplitFields:
 def per_rank_heads(num_heads: int, num_kv_heads: int, tp: int, fields: SplitFields) -> tuple[int, int]:
     """(query heads, KV heads) on one rank."""
     if num_heads % tp:
-        raise fields.error(fields.heads, f"{num_heads} attention heads are not divisible by tensor-parallel size {tp}; "
+        raise fields.error(fields.heads, f"{num_heads} attention heads are not divisible by tensor-parallel size {tp} "
+                                         f"(vLLM's -tp/--tensor-parallel-size, or spec.tensorParallelSize); "
                                          f"pick a tensor-parallel size that divides {num_heads}")
     return num_heads // tp, kv_heads_per_rank(num_kv_heads, tp, fields)
 
