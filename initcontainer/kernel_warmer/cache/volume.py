@@ -3,6 +3,8 @@
 Layout (DESIGN.md):
     <root>/triton/                    TRITON_CACHE_DIR (Triton's own content-addressed cache)
     <root>/flashinfer/<env-key>/      autotune files
+    <root>/flashinfer-jit/            FLASHINFER_WORKSPACE_BASE: FlashInfer's JIT builds
+                                      (.cache/flashinfer/<version>/<arch>/cached_ops/<module>/)
     <root>/manifests/<key>.json       written last; what was warmed, with checksums
     <root>/.lock                      flock held while a warmer writes
 
@@ -30,6 +32,7 @@ class CacheLayout:
     TRITON = "triton"
     FLASHINFER = "flashinfer"
     MANIFESTS = "manifests"
+    FLASHINFER_JIT = "flashinfer-jit"
 
     @staticmethod
     def sub_path(mount: str, sub: str) -> str:
@@ -42,6 +45,11 @@ class CacheLayout:
     @property
     def flashinfer_root(self) -> Path:
         return self.root / self.FLASHINFER
+
+    @property
+    def flashinfer_jit_dir(self) -> Path:
+        """FLASHINFER_WORKSPACE_BASE for the warmer and the server: what one builds, the other loads."""
+        return self.root / self.FLASHINFER_JIT
 
     @property
     def manifests_dir(self) -> Path:
