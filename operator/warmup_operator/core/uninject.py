@@ -24,40 +24,44 @@ def user_view(template: dict) -> dict:
     t = copy.deepcopy(template or {})
     meta = t.setdefault("metadata", {})
     ours = (meta.get("annotations") or {}).get(names.ANN_HASH) is not None
-    if meta.get("annotations"):
-        for k in (names.ANN_HASH, names.ANN_INJECTED_BY):
-            meta["annotations"].pop(k, None)
-        if not meta["annotations"]:
-            del meta["annotations"]
+    _drop_keys(meta, "annotations", (names.ANN_HASH, names.ANN_INJECTED_BY))
     spec = t.setdefault("spec", {})
-    if "initContainers" in spec:
-        spec["initContainers"] = [c for c in spec["initContainers"] if c.get("name") not in names.INIT_CONTAINERS]
-        if not spec["initContainers"]:
-            del spec["initContainers"]
-    if "volumes" in spec:
-        spec["volumes"] = [v for v in spec["volumes"] if v.get("name") not in names.VOLUMES]
-        if not spec["volumes"]:
-            del spec["volumes"]
+    _drop_named(spec, "initContainers", "name", names.INIT_CONTAINERS)
+    _drop_named(spec, "volumes", "name", names.VOLUMES)
     for c in spec.get("containers") or []:
-        if "volumeMounts" in c:
-            c["volumeMounts"] = [m for m in c["volumeMounts"] if m.get("name") not in names.VOLUMES]
-            if not c["volumeMounts"]:
-                del c["volumeMounts"]
+        _drop_named(c, "volumeMounts", "name", names.VOLUMES)
         if "env" in c and ours:
-            env = []
-            for e in c["env"]:
-                if e.get("name") in names.SERVING_ENV:
-                    continue
-                if e.get("name") == names.ENV_PYTHONPATH and "value" in e:
-                    rest = strip_site(e.get("value") or "")
-                    if not rest:
-                        continue
-                    e = {**e, "value": rest}
-                env.append(e)
-            c["env"] = env
+            c["env"] = [e for e in map(_user_env, c["env"]) if e is not None]
             if not c["env"]:
                 del c["env"]
     return t
+
+
+def _drop_keys(obj: dict, field: str, keys: tuple[str, ...]) -> None:
+    """Remove ``keys`` from the map ``obj[field]``, and the field when it ends up empty."""
+    if obj.get(field):
+        for k in keys:
+            obj[field].pop(k, None)
+        if not obj[field]:
+            del obj[field]
+
+
+def _drop_named(obj: dict, field: str, key: str, ours: tuple[str, ...]) -> None:
+    """Remove our entries (by ``key``) from the list ``obj[field]``, and the field when empty."""
+    if field in obj:
+        obj[field] = [item for item in obj[field] if item.get(key) not in ours]
+        if not obj[field]:
+            del obj[field]
+
+
+def _user_env(e: dict) -> Optional[dict]:
+    """An env entry as the user wrote it: ours dropped, the site folder taken off PYTHONPATH."""
+    if e.get("name") in names.SERVING_ENV:
+        return None
+    if e.get("name") == names.ENV_PYTHONPATH and "value" in e:
+        rest = strip_site(e.get("value") or "")
+        return {**e, "value": rest} if rest else None
+    return e
 
 
 def removal_fragment(live_template: dict) -> dict:
