@@ -90,6 +90,9 @@ def test_injection_table(case_id, tmpl, over, want_env):
     mount = s.cache.mount_path
     assert env[names.ENV_TRITON_CACHE] == f"{mount}/triton"
     assert env[names.ENV_FLASHINFER_DIR] == f"{mount}/flashinfer"
+    # FlashInfer's JIT workspace: the same folder on the volume for the server and the warmer
+    warmer_env = env_of(by_name(out["spec"]["initContainers"], names.WARMER_CONTAINER))
+    assert env[names.ENV_FLASHINFER_JIT] == warmer_env[names.ENV_FLASHINFER_JIT] == f"{mount}/flashinfer-jit"
     # Init containers: the user's first (kept as they were), ours last, in order.
     inits = out["spec"]["initContainers"]
     assert [c["name"] for c in inits][-2:] == list(names.INIT_CONTAINERS)

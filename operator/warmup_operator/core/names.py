@@ -33,8 +33,11 @@ PKG_SITE_DIR = f"{PKG_MOUNT}/site"  # holds sitecustomize.py (the server's PYTHO
 ENV_TRITON_CACHE = "TRITON_CACHE_DIR"
 ENV_FLASHINFER_DIR = "KERNEL_WARMUP_FLASHINFER_DIR"
 ENV_CACHE_ROOT = "KERNEL_WARMUP_CACHE_DIR"
+# FlashInfer's JIT workspace (its builds go under .cache/flashinfer/ there): one folder on
+# the cache volume for the warmer and the server, so the server loads what the warmer built.
+ENV_FLASHINFER_JIT = "FLASHINFER_WORKSPACE_BASE"
 ENV_PYTHONPATH = "PYTHONPATH"
 # Env the operator sets on the serving container; a user value for these would be lost.
-SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT)
+SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT, ENV_FLASHINFER_JIT)
 
 DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"
