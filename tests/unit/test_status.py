@@ -108,3 +108,16 @@ def test_status_fields_and_transition_times():
     assert [c["lastTransitionTime"] for c in later["conditions"]] == ["2026-01-01T00:00:00Z"] * 2
     assert not same_status(st, later)  # ready replicas changed
     assert same_status(later, _status([TargetState("Deployment", "a", True, "h", 2, 2)], [good], now="2030-01-01T00:00:00Z"))
+
+
+def test_flashinfer_jit_time_is_reported_apart_from_tuning():
+    """The status takes the split from the summary's scalar fields, which survive the
+    compaction of a termination message that is over Kubernetes' limit."""
+    fi = {"status": "ok", "jit_seconds": 801.2, "jit_modules_built": 1, "tune_seconds": 35.5,
+          "jit": {"modules_built": ["fused_moe_90"]}, "tuned_ops": [{"op": "x" * 200}] * 40}
+    message = WarmupSummary(status="ok", seconds=840.0, flashinfer=fi).compact_json()
+    assert len(message) <= 4096 and "tuned_ops" not in message  # compacted
+    st = _status([TargetState("Deployment", "a", True, "h", 1, 1)], [observe_pod(pod(message))])
+    assert st["lastWarmup"]["flashinfer"] == {"jitSeconds": 801.2, "jitModulesBuilt": 1, "tuneSeconds": 35.5}
+    assert "flashinfer" not in _status([TargetState("Deployment", "a", True, "h", 1, 1)],
+                                       [observe_pod(pod(json.dumps(SUMMARY)))])["lastWarmup"]

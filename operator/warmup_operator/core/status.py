@@ -140,6 +140,21 @@ def display(w: WarmupObservation) -> str:
     return f"{outcome} in {secs:.1f}s" if secs is not None else outcome
 
 
+# The FlashInfer phase's time split, from the summary's scalar fields (they survive the
+# termination message's compaction): summary key -> status field.
+FLASHINFER_TIMING = {"jit_seconds": "jitSeconds", "jit_modules_built": "jitModulesBuilt",
+                     "tune_seconds": "tuneSeconds"}
+
+
+def flashinfer_timing(summary: Optional[dict]) -> dict[str, Any]:
+    """JIT seconds and modules built apart from tuning seconds (only the numbers present)."""
+    fi = (summary or {}).get("flashinfer")
+    if not isinstance(fi, dict):
+        return {}
+    return {field_: fi[key] for key, field_ in FLASHINFER_TIMING.items()
+            if isinstance(fi.get(key), (int, float)) and not isinstance(fi.get(key), bool)}
+
+
 def latest_warmup(warmups: list[WarmupObservation]) -> Optional[WarmupObservation]:
     return max(warmups, key=lambda w: (w.finished_at, w.pod), default=None)
 
@@ -195,6 +210,8 @@ def compute_status(inp: StatusInputs, previous: Optional[dict], now: str) -> dic
                               "finishedAt": last.finished_at, "display": display(last)}
         if last.seconds is not None:
             lw["seconds"] = last.seconds
+        if flashinfer_timing(last.summary):
+            lw["flashinfer"] = flashinfer_timing(last.summary)
         if last.summary is not None:
             lw["summary"] = last.summary
         elif last.text:
