@@ -219,7 +219,7 @@ def probe(rank: int, out: Path) -> None:
     state = getattr(fa, "_kernel_warmup_state", {})
     print(json.dumps({"rank": rank, "seconds": round(secs, 4), "first_call_s": round(first_call or 0, 4),
                       "hits": len(hits), "misses": len(misses), "miss_examples": misses[:8],
-                      "loaded": state.get("loaded"), "refused": state.get("refused"),
+                      "loaded": state.get("loaded"),
                       "rejected": {k: str(v) for k, v in (state.get("rejected") or {}).items()}}))
 
 

@@ -67,6 +67,9 @@ def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider
         },
         "flashinfer": {
             "enabled": fi.enabled,
+            # 2: every rank's fused-MoE keys + the covered world in the file, JIT modules
+            # on the volume and in the manifest (issue 12); an older manifest reads as cold
+            "format": 2,
             "quantization": fi.quantization,
             "maxNumBatchedTokens": fi.max_num_batched_tokens,
             "tensorParallelSize": spec.tensor_parallel_size,

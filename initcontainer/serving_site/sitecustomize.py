@@ -15,10 +15,16 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import threading
 
 _TARGET = "flashinfer.autotuner"
+# The warmer's record of the ranks a file covers (kernel_warmer/flashinfer/tactics.py).
+_RECORDS, _NAMESPACE = "_records", "kernel_warmup"
+# Fused-MoE file keys start with these ops; FlashInfer keys them per tp/ep rank.
+_MOE_KEY_PREFIX = "('trtllm::fused_moe::"
+_VLLM_WORKER = re.compile(r"VllmWorker-(\d+)")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -49,9 +55,50 @@ def _mismatches(saved, current):
     return {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) not in (v, "*")}
 
 
+def process_rank():
+    """(rank, how it was found) of this serving process: torch.distributed once it is up
+    (vLLM initialises it before its first FlashInfer call), else the name vLLM's
+    multiproc executor gives a worker process (``VllmWorker-<rank>``), else ``RANK``
+    (torchrun, vLLM's external launcher), else 0 (one process)."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), "torch.distributed"
+    except Exception:  # noqa: BLE001
+        pass
+    mp = sys.modules.get("multiprocessing")
+    name = mp.current_process().name if mp is not None else ""
+    match = _VLLM_WORKER.fullmatch(name or "")
+    if match:
+        return int(match.group(1)), f"process name {name}"
+    env = os.environ.get("RANK", "")
+    if env.isdigit():
+        return int(env), "env RANK"
+    return 0, "one process (no torch.distributed, vLLM worker name or RANK)"
+
+
+def coverage_problem(doc, rank, where):
+    """Why a tactic file must not be loaded by this rank (None: it covers it). A file with
+    fused-MoE entries but no coverage record cannot show that it covers this rank."""
+    records = doc.get(_RECORDS)
+    cov = ((records or {}).get(_NAMESPACE) or {}).get("coverage") if isinstance(records, dict) else None
+    if not isinstance(cov, dict):
+        if any(isinstance(k, str) and k.startswith(_MOE_KEY_PREFIX) for k in doc):
+            return ("it holds fused-MoE tactics, which FlashInfer keys per rank, without a record of the ranks it "
+                    "covers (an older warmer wrote it): re-run the warmer")
+        return None
+    ranks = cov.get("worker_ranks") or []
+    if rank not in ranks:
+        return (f"it covers worker ranks {ranks} of a world of {cov.get('world_size')}, and this process is rank "
+                f"{rank} ({where}): this rank would tune alone while the others skip it, a collective deadlock; "
+                f"re-run the warmer for this world (tensor/expert parallel size)")
+    return None
+
+
 def load_matching(autotuner_module, root):
-    """Load every file whose ``_metadata`` matches this process; returns the paths loaded
-    and, for files that did not match, why (field: saved vs current).
+    """Load every file whose ``_metadata`` matches this process and whose coverage record
+    includes this process's rank; returns the paths loaded and, for files that were not,
+    why (field: saved vs current; "coverage": the reason, this rank).
 
     Uses only names that ``flashinfer.autotuner`` exports (``_collect_metadata``,
     ``_METADATA_KEY``, ``AutoTuner``); the mismatch rule is re-stated above because
@@ -61,14 +108,20 @@ def load_matching(autotuner_module, root):
 
     current = autotuner_module._collect_metadata()
     tuner = autotuner_module.AutoTuner.get()
+    rank, where = process_rank()
     loaded, rejected = [], {}
     for path in _candidate_files(root):
         try:
             with open(path) as f:
-                meta = json.load(f).get(autotuner_module._METADATA_KEY) or {}
-            diff = _mismatches(meta, current)
+                doc = json.load(f)
+            diff = _mismatches(doc.get(autotuner_module._METADATA_KEY) or {}, current)
             if diff:
                 rejected[path] = diff
+                continue
+            why = coverage_problem(doc, rank, where)
+            if why:
+                rejected[path] = {"coverage": (why, f"rank {rank}")}
+                _warn(f"refusing {path}: {why}")
                 continue
             if tuner.load_configs(path):
                 loaded.append(path)

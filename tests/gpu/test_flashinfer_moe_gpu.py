@@ -92,7 +92,8 @@ def test_cold_run_times_jit_apart_from_tuning(cold: dict):
 def test_cold_run_covers_every_rank_with_one_tuning(cold: dict):
     fi = cold["summary"]["flashinfer"]
     cover = fi.get("coverage") or {}
-    assert cover.get("ranks") == [[0, 0], [1, 0]], cover  # (tp_rank, ep_rank) of both ranks
+    assert cover.get("rank_keys") == [[0, 0], [1, 0]], cover  # (tp_rank, ep_rank) of both ranks
+    assert cover.get("worker_ranks") == [0, 1] and cover.get("world_size") == 2, cover
     moe_tuned = [t for t in fi.get("tuned_ops") or [] if t["op"] == "cutlass_fused_moe"]
     assert len(moe_tuned) == 1, moe_tuned  # one rank key tuned, written under both
 

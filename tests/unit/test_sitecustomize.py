@@ -143,3 +143,57 @@ def test_sitecustomize_literals_match_the_warmer():
     source = (SITE / "sitecustomize.py").read_text()
     assert f'"{TUNE_FILE}"' in source
     assert names.ENV_FLASHINFER_DIR in source
+
+
+# --- coverage: a file whose fused-MoE keys do not include this rank is refused ------------
+
+MOE_KEY = "('trtllm::fused_moe::gemm1', 'MoERunner', ((64, 2048),), (torch.bfloat16, 8, 2, 0, 1, 0))"
+
+
+def moe_world(world, coverage):
+    """One H200 tactic file with a fused-MoE entry and (optionally) the warmer's record."""
+    tmp, fake, chained, cache = world
+    doc = {"_metadata": {"flashinfer_version": "9.9", "gpu": "NVIDIA H200"}, MOE_KEY: ["MoERunner", [3]]}
+    if coverage is not None:
+        doc["_records"] = {"kernel_warmup": {"coverage": coverage}}
+    (cache / "env-h200" / "autotune.json").write_text(json.dumps(doc))
+    return world
+
+
+LOAD = """
+    import multiprocessing, os
+    if os.environ.get("WORKER_NAME"):
+        multiprocessing.current_process().name = os.environ["WORKER_NAME"]
+    import flashinfer.autotuner as a
+    print(len(a.AutoTuner.get().choose_one("x", [], None, [])[1]))
+"""
+TWO_RANKS = {"world_size": 2, "worker_ranks": [0, 1], "rank_keys": [[0, 0], [1, 0]]}
+
+
+@pytest.mark.parametrize("env, loaded, said", [
+    ({"RANK": "1"}, True, None),
+    ({}, True, None),  # one process: rank 0
+    ({"RANK": "2"}, False, "this process is rank 2 (env RANK)"),
+    ({"WORKER_NAME": "VllmWorker-3", "RANK": "0"}, False, "rank 3 (process name VllmWorker-3)"),
+    ({"WORKER_NAME": "VllmWorker-1"}, True, None),
+], ids=["rank1", "single", "rank2-env", "vllm-worker-3", "vllm-worker-1"])
+def test_refuses_a_file_that_does_not_cover_this_rank(world, env, loaded, said):
+    proc = run(moe_world(world, TWO_RANKS), LOAD, **env)
+    assert (proc.stdout.strip() != "0") == loaded, proc.stderr
+    if said:
+        assert "refusing" in proc.stderr and said in proc.stderr and "covers worker ranks [0, 1]" in proc.stderr
+
+
+def test_refuses_moe_tactics_without_a_coverage_record(world):
+    proc = run(moe_world(world, None), LOAD, RANK="0")
+    assert proc.stdout.strip() == "0"
+    assert "without a record of the ranks it covers" in proc.stderr
+
+
+def test_coverage_literals_match_the_warmer():
+    from kernel_warmer.flashinfer import tactics
+
+    source = (SITE / "sitecustomize.py").read_text()
+    assert f'"{tactics.RECORDS_KEY}", "{tactics.NAMESPACE}"' in source
+    assert all(op.startswith("trtllm::fused_moe::") for op in tactics.MOE_CUSTOM_OPS)
+    assert "_MOE_KEY_PREFIX = \"('trtllm::fused_moe::\"" in source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import Any, Callable
 
 from kernel_warmer.cache.volume import CacheLayout
 from kernel_warmer.files import sha256_file
+from kernel_warmer.flashinfer import jit
+from kernel_warmer.flashinfer.jobs import plan_jobs
 from kernel_warmer.flashinfer.tune import (
     BF16_BACKENDS,
     FP8_BACKENDS,
@@ -59,7 +62,7 @@ class AutotuneJob:
                                log=lambda s: print(s, flush=True), bf16_backends=self.bf16_backends,
                                fp8_backends=self.fp8_backends)
                 report.update(tuned=rep.tuned, skipped=rep.skipped, tune_s=round(rep.seconds, 3),
-                              warm_start=existing.is_file())
+                              warm_start=existing.is_file(), coverage=rep.coverage)
                 data = path.read_bytes() if path.is_file() else b""
             if not data:
                 raise RuntimeError("FlashInfer saved no tactics (every planned op was skipped)")
@@ -99,6 +102,7 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
         return {"status": "skipped: disabled in spec"}
     if not flashinfer_available():
         return {"status": "skipped: flashinfer not installed"}
+    workspace = jit.ensure_workspace(layout.flashinfer_jit_dir)  # before any process imports FlashInfer
     gpus = local_gpu_count()
     if gpus == 0:
         return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
@@ -115,6 +119,8 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
                       tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
                       produce_timeout_s=float(spec.timeout_seconds),
                       bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS)
+    before = jit.library_state(workspace)
+    jit_report = prepare_jit(ops, sm, workspace, float(spec.timeout_seconds) - (time.monotonic() - t0), log)
     log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
     outcomes = run_local_workers(job, gpus, spec=spec.distributed,
                                  timeout_s=float(spec.distributed.timeout_seconds),
@@ -129,6 +135,8 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     files = []
     if first.get("wrote"):
         files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
+    jit_report.modules_built = jit.built_since(before, workspace)
+    files += jit_files(workspace, layout, log)
     return {
         **base,
         "status": "ok",
@@ -136,6 +144,11 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
         "tuned_ops": first.get("tuned"),
         "skipped_ops": base["skipped_ops"] + list(first.get("skipped") or []),
         "tune_seconds": first.get("tune_s"),
+        "jit": jit_report.to_dict(),
+        # scalars: they survive the termination message's compaction (the CR status reads them)
+        "jit_seconds": round(jit_report.seconds, 3),
+        "jit_modules_built": len(jit_report.modules_built),
+        "coverage": first.get("coverage"),
         "warm_start": first.get("warm_start"),
         "seconds": round(time.monotonic() - t0, 3),
         "env_key": Path(first["path"]).parent.name,
@@ -145,3 +158,33 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
                    "sha256": r.get("sha_file")} for r in first["per_rank"]],
         "files": files,
     }
+
+
+def prepare_jit(ops: list[AutoTuneOp], sm: Any, workspace: Path, timeout_s: float,
+                log: Callable[[str], None]) -> jit.JitReport:
+    """Size the build from the cgroup limits, then build the planned ops' modules into the
+    cache volume's workspace (nothing when FlashInfer ships prebuilt kernels here)."""
+    report = jit.JitReport(prebuilt=jit.prebuilt_packages())
+    if report.prebuilt:
+        log(f"flashinfer jit: prebuilt kernels from {report.prebuilt}: the warmer builds nothing")
+        return report
+    jobs = plan_jobs()
+    os.environ.update(jobs.env())  # the build child and the tuning workers inherit it
+    report.jobs = jobs.why
+    log(f"flashinfer jit: workspace {workspace}; {jobs.why}")
+    mods = jit.modules_for(ops, int(sm or 0))
+    if mods:
+        report.seconds = jit.build_modules(mods, workspace, timeout_s, log)
+    return report
+
+
+def jit_files(workspace: Path, layout: CacheLayout, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The built modules for the manifest (so `check` reads a missing or damaged one as
+    cold); a workspace outside the cache volume cannot be listed, and is said to be."""
+    root = layout.root.resolve()
+    libs = jit.module_libraries(workspace)
+    if libs and root not in workspace.resolve().parents and workspace.resolve() != root:
+        log(f"flashinfer jit: FLASHINFER_WORKSPACE_BASE={workspace} is outside the cache volume {root}: "
+            "its modules are not in the manifest and the server rebuilds them unless it shares that folder")
+        return []
+    return [{"path": str(p)} for p in libs]

@@ -14,8 +14,9 @@ before honouring a file, so two environments never share a folder.
 Things found in FlashInfer 0.6.18's source that shape this module:
 - the file key holds the runner class, so a tactic tuned for backend "cudnn" is no hit
   for "cublaslt": each GEMM is tuned once per backend the server may pick;
-- the fused-MoE key holds ``tp_rank``/``ep_rank``: rank 0 tunes the experts once per TP
-  rank, or the other ranks would miss every MoE shape;
+- the fused-MoE key holds ``tp_rank``/``ep_rank``: rank 0 tunes the experts for one rank
+  key and ``cover_ranks`` writes the entries under every rank's key (tactics.py), or the
+  other ranks would miss every MoE shape;
 - mm_bf16's "auto" backend needs nvidia-cutlass-dsl, so the backends are named."""
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from kernel_warmer.files import atomic_write_bytes
+from kernel_warmer.flashinfer import tactics
+from kernel_warmer.heartbeat import Heartbeat
 from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
 
 TUNE_FILE = "autotune.json"
@@ -137,6 +141,7 @@ class TuneReport:
     tuned: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    coverage: dict[str, Any] = field(default_factory=dict)
 
 
 def settle_workspace(device: Any, log: Callable[[str], None] = print) -> None:
@@ -161,41 +166,84 @@ def settle_workspace(device: Any, log: Callable[[str], None] = print) -> None:
         log(f"flashinfer: workspace not settled ({type(exc).__name__}: {exc})")
 
 
+def _variants(op: AutoTuneOp, backends: dict[str, tuple[str, ...]], arch_moe: Any,
+              device: Any) -> list[tuple[str, Callable[[], None]]]:
+    """What to run for one op: each backend of a GEMM; for the fused MoE one rank key only,
+    since every rank calls it with the same shapes (``cover_ranks`` writes the others)."""
+    if op.op == MOE_OP:
+        t, e = op.rank_keys()[0]
+        label = f"tp_rank={t} ep_rank={e}, written for {len(op.rank_keys())} rank(s)"
+        return [(label, lambda: _run_moe(op, arch_moe, t, e, device))]
+    return [(f"backend={b}", lambda b=b: _run_gemm(op, b, device)) for b in backends[op.op]]
+
+
+def _tune_one(label: str, fn: Callable[[], None], op: AutoTuneOp, report: TuneReport, device: Any,
+              log: Callable[[str], None]) -> None:
+    import torch
+
+    start = time.monotonic()
+    try:
+        fn()
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - the GPU cannot run it: skip, with why
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize(device)
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+        reason = f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        report.skipped.append({**op.to_dict(), "reason": reason})
+        log(f"flashinfer: skip {op.op} n={op.n} k={op.k} {reason}")
+        return
+    secs = time.monotonic() - start
+    report.tuned.append({**op.to_dict(), "variant": label, "seconds": round(secs, 3)})
+    log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} M<={op.m_max} {label} in {secs:.1f}s")
+
+
+def cover_ranks(path: Path, ops: list[AutoTuneOp], tuned: list[dict[str, Any]], tp: int) -> dict[str, Any]:
+    """Rewrite the saved file so every rank of the world finds its fused-MoE entries, with
+    the covered world recorded inside it; returns that record. Raises when a rank would
+    still miss (the file would be partial)."""
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    moe_tuned = {(t["n"], t["k"], t.get("mode")) for t in tuned if t["op"] == MOE_OP}
+    world = tp
+    entries = []
+    for op in ops:
+        if op.op != MOE_OP or (op.n, op.k, op.mode) not in moe_tuned:
+            continue
+        keys = op.rank_keys()
+        tactics.copy_to_ranks(doc, op.tp_size, op.ep_size, keys[0], keys)
+        missing = tactics.missing_moe_keys(doc, op.tp_size, op.ep_size, keys)
+        if missing:
+            raise RuntimeError(f"fused MoE n={op.n} k={op.k}: the tactic file has no entry for (tp_rank, ep_rank) "
+                               f"{missing} after tuning {keys[0]}; FlashInfer's key format may have changed")
+        world = op.tp_size * op.ep_size
+        entries.append({"op": op.op, "n": op.n, "k": op.k, "mode": op.mode, "tuned_rank_key": list(keys[0]),
+                        "rank_keys": [list(k) for k in keys]})
+    coverage = {"world_size": world, "worker_ranks": list(range(world)),
+                "rank_keys": entries[0]["rank_keys"] if entries else [], "moe": entries,
+                "ops": sorted({t["op"] for t in tuned})}
+    if doc:
+        atomic_write_bytes(path, json.dumps(tactics.with_coverage(doc, coverage), indent=2).encode())
+    return coverage
+
+
 def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, arch_moe: Any,
              device: Any, log: Callable[[str], None] = print,
              bf16_backends: tuple[str, ...] = BF16_BACKENDS,
              fp8_backends: tuple[str, ...] = FP8_BACKENDS) -> TuneReport:
-    """Profile every op (each backend, each TP rank for MoE) into ``cache_path``."""
-    import torch
+    """Profile every op (each GEMM backend; the fused MoE once for all ranks) into
+    ``cache_path``, then write every rank's MoE keys and the covered world into it."""
     from flashinfer.autotuner import autotune
 
     backends = {"bf16_gemm": bf16_backends, "fp8_gemm": fp8_backends, "fp4_gemm": FP4_BACKENDS}
     report = TuneReport()
     t0 = time.monotonic()
     settle_workspace(device, log)
-    with autotune(tune_mode=True, cache=str(cache_path)):
+    with Heartbeat(log, "flashinfer tune") as beat, autotune(tune_mode=True, cache=str(cache_path)):
         for op in ops:
-            if op.op == MOE_OP:
-                variants = [(f"tp_rank={t} ep_rank={e}", lambda t=t, e=e: _run_moe(op, arch_moe, t, e, device))
-                            for t, e in op.rank_keys()]
-            else:
-                variants = [(f"backend={b}", lambda b=b: _run_gemm(op, b, device)) for b in backends[op.op]]
-            for label, fn in variants:
-                start = time.monotonic()
-                try:
-                    fn()
-                    torch.cuda.synchronize(device)
-                except Exception as exc:  # noqa: BLE001 - the GPU cannot run it: skip, with why
-                    with contextlib.suppress(Exception):
-                        torch.cuda.synchronize(device)
-                    with contextlib.suppress(Exception):
-                        torch.cuda.empty_cache()
-                    reason = f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                    report.skipped.append({**op.to_dict(), "reason": reason})
-                    log(f"flashinfer: skip {op.op} n={op.n} k={op.k} {reason}")
-                    continue
-                secs = time.monotonic() - start
-                report.tuned.append({**op.to_dict(), "variant": label, "seconds": round(secs, 3)})
-                log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} M<={op.m_max} {label} in {secs:.1f}s")
+            for label, fn in _variants(op, backends, arch_moe, device):
+                beat.update(f"{op.op} n={op.n} k={op.k} M<={op.m_max} {label}")
+                _tune_one(label, fn, op, report, device, log)
+    report.coverage = cover_ranks(cache_path, ops, report.tuned, tp)
     report.seconds = time.monotonic() - t0
     return report
