@@ -70,7 +70,9 @@ def server_env(out: Path, rank: int) -> dict[str, str]:
 def warmer_argv(cmd: str, out: Path) -> list[str]:
     argv = [sys.executable, "-m", "kernel_warmer", cmd, "--model-config", str(CONFIG), "--serve-command", SERVE,
             "--cache-dir", str(layout(out).root)]
-    return argv + (["--termination-log", str(out / "termination-log")] if cmd == "run" else [])
+    # the fused-MoE JIT build alone can pass the default 30-minute deadline on 16 cores
+    return argv + (["--termination-log", str(out / "termination-log"), "--timeout-seconds", "5400"]
+                   if cmd == "run" else [])
 
 
 def jit_files(out: Path) -> dict[str, tuple[int, int]]:

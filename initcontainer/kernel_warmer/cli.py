@@ -57,6 +57,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer autotune phase")
     p.add_argument("--quantization", choices=["auto", "none", "fp8", "nvfp4"], default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--timeout-seconds", type=int, default=None, metavar="S",
+                   help="the whole run's deadline (spec.timeoutSeconds; default 1800); FlashInfer's fused-MoE JIT "
+                        "build alone can take 15+ minutes on 16 cores")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +197,8 @@ def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
         top["dtype"] = args.dtype
     if getattr(args, "cache_dir", None):
         top["cache_dir"] = args.cache_dir
+    if getattr(args, "timeout_seconds", None) is not None:
+        top["timeout_seconds"] = args.timeout_seconds
     if getattr(args, "failure_policy", None):
         top["failure_policy"] = "Ignore" if args.failure_policy == "ignore" else "Fail"
     target = getattr(args, "target", None)

@@ -180,3 +180,14 @@ def test_plan_from_the_serving_command(tmp_path):
     assert out.returncode == 2 and "--attention-backend" in out.stderr and "FLASH_ATTN" in out.stderr
     out = warmer("plan", "--model-config", str(CONFIGS / "llama3-8b.json"), "--serve-command", "python app.py")
     assert out.returncode == 2 and "does not run `vllm serve`" in out.stderr
+
+
+def test_timeout_seconds_flag_sets_the_deadline_and_names_the_field():
+    from kernel_warmer.cli import build_parser, spec_from_args
+    from kernel_warmer.spec import SpecError
+
+    base = ["run", "--model-config", str(CONFIGS / "qwen3-30b-a3b.json")]
+    assert spec_from_args(build_parser().parse_args([*base, "--timeout-seconds", "5400"])).timeout_seconds == 5400
+    assert spec_from_args(build_parser().parse_args(base)).timeout_seconds == 1800
+    with pytest.raises(SpecError, match="timeoutSeconds"):
+        spec_from_args(build_parser().parse_args([*base, "--timeout-seconds", "0"]))
