@@ -55,11 +55,32 @@ def _mismatches(saved, current):
     return {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) not in (v, "*")}
 
 
+def _vllm_moe_rank():
+    """vLLM's own view once its groups exist: the rank its fused MoE flattens over TP x DP
+    (fused_moe/config.py flatten_tp_across_dp_and_pcp: dp_rank * tp_size + tp_rank)."""
+    ps = sys.modules.get("vllm.distributed.parallel_state")
+    if ps is None or not ps.model_parallel_is_initialized():
+        return None
+    tp_size, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    try:
+        dp_rank = ps.get_dp_group().rank_in_group
+    except Exception:  # noqa: BLE001 - no DP group: one DP rank
+        dp_rank = 0
+    return dp_rank * tp_size + tp_rank
+
+
 def process_rank():
-    """(rank, how it was found) of this serving process: torch.distributed once it is up
-    (vLLM initialises it before its first FlashInfer call), else the name vLLM's
-    multiproc executor gives a worker process (``VllmWorker-<rank>``), else ``RANK``
-    (torchrun, vLLM's external launcher), else 0 (one process)."""
+    """(rank, how it was found) of this serving process, as the fused MoE's tp/ep rank
+    runs over the world: vLLM's TP/DP groups once they exist (they do before its first
+    FlashInfer call), else torch.distributed, else the name vLLM's multiproc executor gives
+    a worker (``VllmWorker-<rank>``), else ``RANK`` (torchrun, vLLM's external launcher),
+    else 0 (one process)."""
+    try:
+        rank = _vllm_moe_rank()
+        if rank is not None:
+            return rank, "vLLM's TP/DP groups"
+    except Exception:  # noqa: BLE001
+        pass
     dist = sys.modules.get("torch.distributed")
     try:
         if dist is not None and dist.is_available() and dist.is_initialized():
@@ -74,19 +95,20 @@ def process_rank():
     env = os.environ.get("RANK", "")
     if env.isdigit():
         return int(env), "env RANK"
-    return 0, "one process (no torch.distributed, vLLM worker name or RANK)"
+    return 0, "one process (no vLLM groups, torch.distributed, vLLM worker name or RANK)"
 
 
 def coverage_problem(doc, rank, where):
-    """Why a tactic file must not be loaded by this rank (None: it covers it). A file with
-    fused-MoE entries but no coverage record cannot show that it covers this rank."""
+    """Why a tactic file must not be loaded by this rank (None: it covers it). Only the
+    fused-MoE entries are keyed by rank; a file with them but no coverage record cannot
+    show that it covers this rank."""
+    if not any(isinstance(k, str) and k.startswith(_MOE_KEY_PREFIX) for k in doc):
+        return None
     records = doc.get(_RECORDS)
     cov = ((records or {}).get(_NAMESPACE) or {}).get("coverage") if isinstance(records, dict) else None
     if not isinstance(cov, dict):
-        if any(isinstance(k, str) and k.startswith(_MOE_KEY_PREFIX) for k in doc):
-            return ("it holds fused-MoE tactics, which FlashInfer keys per rank, without a record of the ranks it "
-                    "covers (an older warmer wrote it): re-run the warmer")
-        return None
+        return ("it holds fused-MoE tactics, which FlashInfer keys per rank, without a record of the ranks it "
+                "covers (an older warmer wrote it): re-run the warmer")
     ranks = cov.get("worker_ranks") or []
     if rank not in ranks:
         return (f"it covers worker ranks {ranks} of a world of {cov.get('world_size')}, and this process is rank "

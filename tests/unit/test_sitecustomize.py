@@ -197,3 +197,29 @@ def test_coverage_literals_match_the_warmer():
     assert f'"{tactics.RECORDS_KEY}", "{tactics.NAMESPACE}"' in source
     assert all(op.startswith("trtllm::fused_moe::") for op in tactics.MOE_CUSTOM_OPS)
     assert "_MOE_KEY_PREFIX = \"('trtllm::fused_moe::\"" in source
+
+
+FAKE_VLLM_STATE = """
+import sys, types
+ps = types.ModuleType("vllm.distributed.parallel_state")
+ps.model_parallel_is_initialized = lambda: True
+ps.get_tensor_model_parallel_world_size = lambda: 2
+ps.get_tensor_model_parallel_rank = lambda: 1
+ps.get_dp_group = lambda: types.SimpleNamespace(rank_in_group=1)
+sys.modules[ps.__name__] = ps
+"""
+
+
+def test_vllm_groups_give_the_rank_the_fused_moe_flattens_over_dp(world):
+    """DP rank 1, TP rank 1 of TP 2 is MoE rank 3 (vLLM's flatten_tp_across_dp_and_pcp)."""
+    proc = run(moe_world(world, TWO_RANKS), FAKE_VLLM_STATE + textwrap.dedent(LOAD), RANK="0")
+    assert proc.stdout.strip() == "0" and "rank 3 (vLLM's TP/DP groups)" in proc.stderr
+
+
+def test_a_gemm_only_file_is_loaded_by_any_rank(world):
+    """GEMM keys hold no rank: a coverage record does not restrict them."""
+    tmp, fake, chained, cache = world
+    doc = json.loads((cache / "env-h200" / "autotune.json").read_text())
+    doc["_records"] = {"kernel_warmup": {"coverage": {"world_size": 2, "worker_ranks": [0, 1], "rank_keys": []}}}
+    (cache / "env-h200" / "autotune.json").write_text(json.dumps(doc))
+    assert run(world, LOAD, RANK="7").stdout.strip() != "0"
