@@ -12,11 +12,12 @@ test reads what it wrote. Two steps, one output folder (``KW_FI_MOE_OUT``):
 
     # step 1: the cold warmer run (JIT build + tuning, timed apart); returns at once,
     # writes $KW_FI_MOE_OUT/cold.json when done (poll for it; log in cold-warmer.log)
+    # (PYTHONPATH as in docs/BENCHMARKS.md: the wheels' folder, initcontainer, operator)
     export KW_FI_MOE_OUT=/tmp/kw-fi-moe; mkdir -p $KW_FI_MOE_OUT
-    setsid nohup .venv/bin/python bench/bench_flashinfer_moe.py cold --out $KW_FI_MOE_OUT \\
+    setsid nohup python3 bench/bench_flashinfer_moe.py cold --out $KW_FI_MOE_OUT \\
         > $KW_FI_MOE_OUT.cold.log 2>&1 < /dev/null &
     # step 2 (after cold.json exists): per rank a fresh server-like process, then a second warmer
-    KW_FI_MOE_OUT=/tmp/kw-fi-moe .venv/bin/python -m pytest tests/gpu/test_flashinfer_moe_gpu.py -v -s
+    KW_FI_MOE_OUT=/tmp/kw-fi-moe python3 -m pytest tests/gpu/test_flashinfer_moe_gpu.py -v -s
 
 Step 2 asserts, for tp_rank 0 and 1 each in a fresh process (sitecustomize on PYTHONPATH,
 no autotune context, ``flashinfer.cutlass_fused_moe`` called as vLLM's FlashInferExperts
@@ -53,7 +54,7 @@ CHECK_LIMIT_S = 0.5
 @pytest.fixture(scope="module")
 def out() -> Path:
     folder = os.environ.get(OUT_ENV)
-    step1 = (f"setsid nohup .venv/bin/python bench/bench_flashinfer_moe.py cold --out {folder or '/tmp/kw-fi-moe'} "
+    step1 = (f"setsid nohup python3 bench/bench_flashinfer_moe.py cold --out {folder or '/tmp/kw-fi-moe'} "
              f"> /tmp/kw-fi-moe.cold.log 2>&1 < /dev/null &")
     if not folder:
         pytest.skip(f"set {OUT_ENV} to the folder of step 1 ({step1})")
