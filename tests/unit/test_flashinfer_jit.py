@@ -170,7 +170,7 @@ def test_prebuilt_kernels_mean_nothing_is_built(tmp_path, monkeypatch):
     said: list[str] = []
     report = prepare_jit([MOE], 90, tmp_path / "jit", 60.0, said.append)
     assert report.prebuilt.startswith("flashinfer-jit-cache") and report.modules_built == []
-    assert "builds nothing" in said[0] and report.to_dict()["seconds"] == 0
+    assert "builds no module ahead of tuning" in said[0] and report.to_dict()["seconds"] == 0
 
 
 def test_prepare_jit_sizes_the_build_and_builds_the_moe_module(tmp_path, monkeypatch):
