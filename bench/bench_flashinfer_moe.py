@@ -133,6 +133,8 @@ def cold(out: Path) -> dict:
         "rc": proc.returncode, "wall_s": round(wall, 3), "summary": summary,
         "jit_seconds": jit.get("seconds"), "jit_modules_built": jit.get("modules_built"),
         "tune_seconds": fi.get("tune_seconds"), "new_jit_files": len(set(jit_files(out)) - set(before)),
+        # `check` hashes every manifest file: the libraries' size bounds how fast it can be
+        "jit_library_bytes": {p: st[0] for p, st in jit_files(out).items() if p.endswith(".so")},
         "card": _card(),
     }
     (out / "cold.json").write_text(json.dumps(result, indent=2))
