@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_warmer.cache.manifest import file_entries, verify, write_manifest
+from kernel_warmer.cache.manifest import file_entries, repair, verify, write_manifest
 from kernel_warmer.cache.volume import CacheLayout
 from kernel_warmer.flashinfer import jit
 from kernel_warmer.flashinfer.phase import jit_files, prepare_jit
@@ -133,7 +133,8 @@ def test_modules_are_listed_checked_and_a_damaged_one_reads_cold(base, tmp_path)
     so.write_bytes(SO_BYTES[:100])  # truncated
     verdict = verify(layout, "k")
     assert not verdict.warm and verdict.bad_files == [so.relative_to(layout.root).as_posix()]
-    so.unlink()
+    repair(layout, "k", verdict.bad_files)  # the library goes (ninja relinks), the objects stay
+    assert not so.exists() and len(list(so.parent.glob("*.o"))) == 3
     assert not verify(layout, "k").warm
 
 
@@ -182,3 +183,9 @@ def test_prepare_jit_sizes_the_build_and_builds_the_moe_module(tmp_path, monkeyp
     assert built == ["fused_moe_90"] and report.seconds == 12.5
     assert os.environ["MAX_JOBS"].isdigit() and f"MAX_JOBS={os.environ['MAX_JOBS']}" in said[0]
     assert jit.modules_for([AutoTuneOp("bf16_gemm", 8, 8, 8, "o")], 90) == []
+
+
+def test_manifest_roots_are_the_layouts_folders():
+    from kernel_warmer.cache.untrusted import ENTRY_ROOTS
+
+    assert set(ENTRY_ROOTS) == {CacheLayout.TRITON, CacheLayout.FLASHINFER, CacheLayout.FLASHINFER_JIT}

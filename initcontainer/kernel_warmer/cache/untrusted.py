@@ -2,7 +2,8 @@
 
 A cache on a hostPath or a PVC is shared: whatever another pod, or a person with access to
 the volume, left there is input, not fact. A manifest names files by path; such a path is
-used only when it is relative, already normalised, under ``triton/`` or ``flashinfer/``,
+used only when it is relative, already normalised, under ``triton/``, ``flashinfer/`` or
+``flashinfer-jit/`` (FlashInfer's JIT modules),
 and reaches a regular file without passing a symlink. Files are opened with
 ``O_NOFOLLOW | O_NONBLOCK`` component by component from the cache root (``openat``), so
 a symlink, a device, a FIFO or a folder where a file should be is refused without being
@@ -19,8 +20,10 @@ import stat
 from pathlib import Path
 from typing import Iterator, Optional
 
-# The only top-level folders a manifest may name files in (CacheLayout.TRITON/FLASHINFER).
-ENTRY_ROOTS = ("triton", "flashinfer")
+# The only top-level folders a manifest may name files in (CacheLayout.TRITON, FLASHINFER,
+# FLASHINFER_JIT). A JIT module is 8 deep: flashinfer-jit/.cache/flashinfer/<version>/
+# <arch>/cached_ops/<module>/<module>.so, which MAX_DEPTH admits.
+ENTRY_ROOTS = ("triton", "flashinfer", "flashinfer-jit")
 MAX_REL_PATH = 1024
 MAX_DEPTH = 8
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
