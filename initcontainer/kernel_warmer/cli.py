@@ -22,13 +22,20 @@ from typing import Any, Optional
 from kernel_warmer.deadline import Watchdog, kill_tree
 from kernel_warmer.plan.model import ConfigError
 from kernel_warmer.pod import in_pod, termination_path
-from kernel_warmer.spec import SPEC_ENV, ModelSource, SpecError, WarmerSpec, _load
+import typing
+
+from kernel_warmer.spec import SPEC_ENV, Dtype, FailurePolicy, ModelSource, Provider, Quantization, SpecError, WarmerSpec, _load
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(ValueError):
     pass
+
+
+def choices(literal: object) -> list[str]:
+    """A flag's choices: the values the spec's Literal allows (declared once, in spec.py)."""
+    return list(typing.get_args(literal))
 
 
 def _log(msg: str) -> None:
@@ -45,17 +52,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the serving container's command, e.g. \"vllm serve MODEL -tp 2 --attention-backend "
                         "TRITON_ATTN\": what it sets is planned for (the flags below override it)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=None, metavar="N")
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default=None)
+    p.add_argument("--dtype", choices=choices(Dtype), default=None)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="cache volume root (triton/, flashinfer/, manifests/)")
     p.add_argument("--compile-only", action="store_true", help="compile without a GPU (needs --target)")
     p.add_argument("--target", metavar="SM", help="GPU arch to compile for without a GPU, e.g. sm_90")
-    p.add_argument("--provider", choices=["auto", "builtin", "vllm"], default=None)
+    p.add_argument("--provider", choices=choices(Provider), default=None)
     p.add_argument("--workers", type=int, default=None, help="parallel compile workers (0: auto)")
     p.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer autotune phase")
-    p.add_argument("--quantization", choices=["auto", "none", "fp8", "nvfp4"], default=None)
+    p.add_argument("--quantization", choices=choices(Quantization), default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--timeout-seconds", type=int, default=None, metavar="S",
                    help="the whole run's deadline (spec.timeoutSeconds; default 1800); FlashInfer's fused-MoE JIT "
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan = sub.add_parser("plan", help="print the resolved work (runs on a CPU)")
     _add_model_args(p_plan)
     p_plan.add_argument("--json", action="store_true", help="machine-readable output")
-    p_plan.add_argument("--quantization", choices=["auto", "none", "fp8", "nvfp4"], default=None)
+    p_plan.add_argument("--quantization", choices=choices(Quantization), default=None)
     p_plan.add_argument("--max-num-batched-tokens", type=int, default=None)
     p_plan.add_argument("--sm", type=int, default=None, help="GPU SM for FlashInfer op gating (e.g. 90)")
     for name, helptext in (("run", "compile and tune into the cache"),
@@ -78,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_args(p)
         _add_run_args(p)
         if name == "run":
-            p.add_argument("--failure-policy", type=str.lower, choices=["ignore", "fail"], default=None)
+            p.add_argument("--failure-policy", type=str.lower, choices=[v.lower() for v in choices(FailurePolicy)], default=None)
             p.add_argument("--termination-log", default=None, metavar="PATH",
                            help="also write the compact summary here (default: /dev/termination-log "
                                 "inside a Pod, nowhere outside one)")

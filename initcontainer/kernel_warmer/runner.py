@@ -195,7 +195,6 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
     spec, layout = r.spec, r.layout
     files: list[FileEntry] = []
     if spec.triton.enabled and r.triton.variants and r.provider != "none":
-        os.environ["TRITON_CACHE_DIR"] = str(layout.triton_dir)
         before = snapshot(layout.triton_dir)
         from kernel_warmer.triton.compile import (
             compile_variants,  # imports nothing heavy itself; workers do

@@ -21,13 +21,15 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from kernel_warmer.plan.triton import NO_WINDOW, TritonVariant
+from kernel_warmer.spec import Provider
 
-PROVIDERS = ("auto", "builtin", "vllm")
+PROVIDERS = typing.get_args(Provider)
 # Where vLLM keeps the packed prefill kernel, newest first.
 VLLM_MODULES = (
     "vllm.v1.attention.ops.triton_prefill_attention",
