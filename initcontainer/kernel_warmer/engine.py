@@ -141,7 +141,6 @@ def _str(flag: str, raw: str) -> str:
 VALUE_FLAGS = {
     "--model": ("model", _str),
     "--tensor-parallel-size": ("tensorParallelSize", _int),
-    "--pipeline-parallel-size": ("engine.pipelineParallelSize", _int),
     "--data-parallel-size": ("engine.dataParallelSize", _int),
     "--dtype": ("dtype", _dtype),
     "--kv-cache-dtype": ("engine.kvCacheDtype", _choice(KV_CACHE_DTYPES)),
@@ -162,7 +161,7 @@ BOOL_FLAGS = {
                              ("flashinfer-autotune", "engine.flashinferAutotune"))
     for prefix in ("enable-", "disable-", "no-enable-")
 }
-SHORT = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
+SHORT = {"-tp": "--tensor-parallel-size", "-dp": "--data-parallel-size",
          "-q": "--quantization", "-ep": "--enable-expert-parallel", "-ac": "--attention-config"}
 
 

@@ -116,12 +116,10 @@ class EngineSection:
     # --hf-overrides '{"is_causal": false}': text layers run bidirectionally
     bidirectional: bool = False
     data_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("data_parallel_size", "pipeline_parallel_size"):
-            if getattr(self, name) < 1:
-                raise SpecError(camel(name), "must be >= 1")
+        if self.data_parallel_size < 1:
+            raise SpecError("dataParallelSize", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,6 @@ class CacheLayout:
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
-    def flashinfer_dir(self, env_key: str) -> Path:
-        return self.flashinfer_root / env_key
-
     def manifest_path(self, key: str) -> Path:
         return self.manifests_dir / f"{key}.json"
 

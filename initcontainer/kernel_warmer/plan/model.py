@@ -71,7 +71,6 @@ class ModelArch:
     moe: Optional[MoE] = None
     # "none" | "fp8" | "nvfp4" | other quant_method strings as found
     quantization: str = "none"
-    architectures: tuple[str, ...] = ()
     # vLLM runs the text layers bidirectionally (EncoderOnlyAttention: the BERT family, or
     # a config with is_causal false)
     bidirectional: bool = False
@@ -351,7 +350,6 @@ def _arch_from_config(root: dict, dtype_override: Optional[str]) -> ModelArch:
         model_type=model_type, dtype=dtype, hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers_n, attention_layers=layers, moe=moe,
         quantization=_quantization(quant),
-        architectures=tuple(str(a) for a in root.get("architectures") or () if isinstance(a, str)),
         bidirectional=model_type in ENCODER_ONLY_TYPES or cfg.get("is_causal") is False,
         heads_split_by_tp=model_type != "modernbert",
         vision=_vision(root, str(root.get("model_type") or model_type)),

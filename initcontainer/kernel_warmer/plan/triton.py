@@ -42,16 +42,15 @@ class CallSite:
     name: str
     source: str
     is_causal: bool
-    passes_window: bool  # False: the site passes None for both windows
     passes_sinks: bool
     passes_softcap: bool
 
 
 SITES = {
-    ENCODER: CallSite(ENCODER, "vllm/v1/attention/backends/triton_attn.py:782-795", False, True, True, False),
-    VIT: CallSite(VIT, "vllm/v1/attention/ops/vit_attn_wrappers.py:187-199", False, False, False, False),
-    FORK: CallSite(FORK, "fork-only: TRITON_ATTN + nvfp4 KV cache (the seed's pure-prefill path)", True, True,
-                   False, True),
+    ENCODER: CallSite(ENCODER, "vllm/v1/attention/backends/triton_attn.py:782-795", False, True, False),
+    VIT: CallSite(VIT, "vllm/v1/attention/ops/vit_attn_wrappers.py:187-199", False, False, False),
+    FORK: CallSite(FORK, "fork-only: TRITON_ATTN + nvfp4 KV cache (the seed's pure-prefill path)", True, False,
+                   True),
 }
 # KV-cache dtypes TRITON_ATTN's encoder path accepts (triton_attn.py:770-773 raises for the rest).
 UNQUANTIZED_KV = ("auto", "float16", "bfloat16")
