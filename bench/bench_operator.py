@@ -42,7 +42,8 @@ class Kubectl:
 
 def deployment(i: int, ns: str, group: int) -> dict:
     return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": f"llm-{i}", "namespace": ns, "labels": {"group": f"g{group}"}},
+            "metadata": {"name": f"llm-{i}", "namespace": ns, "labels": {"group": f"g{group}"},
+                         "annotations": {"kernelwarmup.dev/kernelwarmup": f"kw-{group}"}},
             "spec": {"replicas": 0, "selector": {"matchLabels": {"pod": f"llm-{i}"}},
                      "template": {"metadata": {"labels": {"pod": f"llm-{i}"}}, "spec": {"containers": [
                          {"name": "vllm", "image": "vllm/vllm-openai:v0.11.0", "args": ["--model=/models/m"],

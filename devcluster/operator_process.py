@@ -28,7 +28,7 @@ def free_port() -> int:
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path, *, namespaces: tuple[str, ...] = (),
                  resync_seconds: float = 2.0, bootstrap_image: Optional[str] = None, python: str = sys.executable,
-                 extra_env: Optional[dict] = None):
+                 extra_env: Optional[dict] = None, extra_args: tuple[str, ...] = (), kubeconfig_env: bool = True):
         self.kubeconfig = Path(kubeconfig)
         self.log_path = Path(log_path)
         self.liveness_port = free_port()
@@ -38,6 +38,8 @@ class OperatorProcess:
         self.bootstrap_image = bootstrap_image
         self.python = python
         self.extra_env = extra_env or {}
+        self.extra_args = tuple(extra_args)
+        self.kubeconfig_env = kubeconfig_env  # False: only the --kubeconfig flag names it
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, timeout_s: float = 60.0) -> "OperatorProcess":
@@ -45,6 +47,8 @@ class OperatorProcess:
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "initcontainer"),
                                              env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["KUBECONFIG"] = str(self.kubeconfig)
+        if not self.kubeconfig_env:
+            del env["KUBECONFIG"]
         env["KERNEL_WARMUP_RESYNC_SECONDS"] = str(self.resync_seconds)
         env.update(self.extra_env)
         argv = [self.python, "-m", "warmup_operator", "--kubeconfig", str(self.kubeconfig),
@@ -54,6 +58,7 @@ class OperatorProcess:
             argv += ["--namespace", ns]
         if self.bootstrap_image:
             argv += ["--bootstrap-image", self.bootstrap_image]
+        argv += list(self.extra_args)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)

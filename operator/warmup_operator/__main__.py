@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Iterable, Optional
 
@@ -18,14 +17,15 @@ LOG_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full
 def main(argv: Optional[Iterable[str]] = None) -> int:
     cfg = config.OperatorConfig.from_args(argv)
     config.use(cfg)
-    if cfg.kubeconfig:  # kopf's own login reads it from the environment
-        os.environ["KUBECONFIG"] = cfg.kubeconfig
+    if cfg.kubeconfig:
+        from warmup_operator.kube import use_kubeconfig
+        use_kubeconfig(cfg.kubeconfig)
     kopf.configure(verbose=cfg.verbose, log_format=LOG_FORMATS[cfg.log_format])
     if not cfg.verbose:  # kopf logs every handler run at INFO; keep the operator's own lines
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if cfg.metrics_port:
         from prometheus_client import start_http_server
-        start_http_server(cfg.metrics_port)
+        start_http_server(cfg.metrics_port, addr=cfg.metrics_bind)
     kopf.run(
         standalone=True,
         clusterwide=not cfg.namespaces,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Optional
 
 from warmup_operator.core import names
+from warmup_operator.core.trust import DEFAULT_HOSTPATH_ALLOWED, TrustPolicy, clean_abs_path
 
 LOG_FORMATS = ("json", "plain", "full")
 
@@ -29,6 +30,11 @@ class OperatorConfig:
     verbose: bool = False  # --verbose
     resync_seconds: float = 10.0  # $KERNEL_WARMUP_RESYNC_SECONDS
     workers: int = 16  # $KERNEL_WARMUP_WORKERS: kopf's handler threads (and API connections)
+    # --metrics-bind / $KERNEL_WARMUP_METRICS_BIND, else $POD_IP (the chart sets it), else loopback
+    metrics_bind: str = "127.0.0.1"
+    # --allow-warmer-image / $KERNEL_WARMUP_ALLOWED_WARMER_IMAGES, --allow-hostpath /
+    # $KERNEL_WARMUP_ALLOWED_HOSTPATHS (comma-separated): what a KernelWarmup may ask for
+    policy: TrustPolicy = TrustPolicy()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "OperatorConfig":
@@ -42,15 +48,32 @@ class OperatorConfig:
             log_format=env.get("KERNEL_WARMUP_LOG_FORMAT", d.log_format),
             resync_seconds=float(env.get("KERNEL_WARMUP_RESYNC_SECONDS", d.resync_seconds)),
             workers=int(env.get("KERNEL_WARMUP_WORKERS", d.workers)),
+            metrics_bind=env.get("KERNEL_WARMUP_METRICS_BIND") or env.get("POD_IP") or d.metrics_bind,
+            policy=TrustPolicy(
+                warmer_images=_env_list(env, "KERNEL_WARMUP_ALLOWED_WARMER_IMAGES", d.policy.warmer_images),
+                hostpath_allowed=_env_list(env, "KERNEL_WARMUP_ALLOWED_HOSTPATHS", d.policy.hostpath_allowed)),
         )
 
     @classmethod
     def from_args(cls, argv: Optional[Iterable[str]] = None, env: Mapping[str, str] = os.environ) -> "OperatorConfig":
         base = cls.from_env(env)
-        args = build_parser(base).parse_args(list(argv) if argv is not None else None)
+        parser = build_parser(base)
+        args = parser.parse_args(list(argv) if argv is not None else None)
+        policy = TrustPolicy(warmer_images=tuple(args.allow_warmer_image or base.policy.warmer_images),
+                             hostpath_allowed=tuple(args.allow_hostpath or base.policy.hostpath_allowed))
+        bad = [p for p in policy.hostpath_allowed if not clean_abs_path(p)]
+        if bad:
+            parser.error(f"--allow-hostpath {bad[0]!r}: give a normalised absolute path (no '//', '.', '..' "
+                         "or trailing '/')")
         return replace(base, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
                        liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,
-                       log_format=args.log_format, verbose=args.verbose)
+                       log_format=args.log_format, verbose=args.verbose, metrics_bind=args.metrics_bind,
+                       policy=policy)
+
+
+def _env_list(env: Mapping[str, str], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = env.get(key)
+    return default if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
@@ -63,6 +86,14 @@ def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
     ap.add_argument("--metrics-port", type=int, default=defaults.metrics_port, help="Prometheus metrics port (0 to disable)")
     ap.add_argument("--bootstrap-image", default=defaults.bootstrap_image,
                     help="image with the warmer package, run as the bootstrap init container")
+    ap.add_argument("--metrics-bind", default=defaults.metrics_bind,
+                    help="address the metrics port listens on (default: $POD_IP, else 127.0.0.1)")
+    ap.add_argument("--allow-warmer-image", action="append", metavar="IMAGE",
+                    help="an image spec.warmer.image may name (repeatable; 'registry/team/*' allows a prefix); "
+                         "default none: the warmer always runs in the serving container's image")
+    ap.add_argument("--allow-hostpath", action="append", metavar="PATH",
+                    help="a node folder spec.cache.hostPath.path may name, exactly (repeatable; default "
+                         f"{', '.join(DEFAULT_HOSTPATH_ALLOWED)})")
     ap.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
     ap.add_argument("--verbose", "-v", action="store_true")
     return ap

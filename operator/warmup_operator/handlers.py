@@ -18,6 +18,7 @@ from warmup_operator.core.decide import CRRecord
 from warmup_operator.core.kernelwarmup import SpecInvalid
 from warmup_operator.core.kinds import KINDS, WorkloadKind
 from warmup_operator.core.status import WarmupObservation, observe_pod
+from warmup_operator.core.trust import OPT_IN
 from warmup_operator.reconcile import Controller, cr_ref
 
 log = logging.getLogger("warmup_operator")
@@ -29,7 +30,8 @@ def controller() -> Controller:
     global _controller
     if _controller is None:
         from warmup_operator.kube import Kube
-        _controller = Controller(Kube(), bootstrap_image=config.current().bootstrap_image, emit=_emit)
+        cfg = config.current()
+        _controller = Controller(Kube(), bootstrap_image=cfg.bootstrap_image, emit=_emit, policy=cfg.policy)
     return _controller
 
 
@@ -45,9 +47,12 @@ def _snapshot(body: Any) -> dict:
     meta = body.get("metadata") or {}
     return {
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-        "metadata": {k: copy.deepcopy(meta.get(k)) for k in ("name", "namespace", "uid", "labels") if meta.get(k) is not None},
+        "metadata": {**{k: copy.deepcopy(meta.get(k)) for k in ("name", "namespace", "uid", "labels")
+                        if meta.get(k) is not None},
+                     "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == OPT_IN}},
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": {k: (body.get("status") or {}).get(k) for k in ("replicas", "readyReplicas", "updatedReplicas")},
+        "status": {k: copy.deepcopy((body.get("status") or {}).get(k))
+                   for k in ("replicas", "readyReplicas", "updatedReplicas", "conditions")},
     }
 
 
@@ -157,7 +162,7 @@ def kw_deleted(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None
     record = CRRecord.from_body(body)
     crs = _crs(kw_index, namespace, exclude_uid=record.uid)
     outcomes = controller().reconcile_namespace(namespace, _workloads(namespace, indexes), crs, only_for=record)
-    errors = [o.error for o in outcomes if o.error]
+    errors = controller().removal_errors(record, outcomes, dict(body.get("status") or {}))
     if errors:
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
 

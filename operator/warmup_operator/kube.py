@@ -123,6 +123,16 @@ class Kube:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
+    def namespace_labels(self, name: str) -> Optional[dict]:
+        """A namespace's labels (Pod Security levels); None when it cannot be read."""
+        try:
+            ns = self._call("GET", f"/api/v1/namespaces/{name}")
+        except self._kubernetes.client.exceptions.ApiException as exc:
+            if exc.status not in (403, 404):
+                raise
+            return None
+        return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+
     def get_crd(self, name: str) -> Optional[dict]:
         with self._lock:
             if name in self._crd_cache:
@@ -136,6 +146,18 @@ class Kube:
         with self._lock:
             self._crd_cache[name] = crd
         return crd
+
+
+def use_kubeconfig(path: str) -> None:
+    """--kubeconfig for every client: ours and kopf's logins read $KUBECONFIG, and the
+    kubernetes client (kopf's first login) took its default file from $KUBECONFIG when it
+    was imported, before the flag was read."""
+    import os
+
+    import kubernetes.config.kube_config as kube_config
+
+    os.environ["KUBECONFIG"] = path
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
 
 
 def new_api_client(cfg: OperatorConfig) -> Any:

@@ -23,9 +23,13 @@ from warmup_operator.core.status import (
     TargetState,
     WarmupObservation,
     compute_status,
+    removal_stuck,
+    replica_failure,
     same_status,
+    status_patch,
 )
 from warmup_operator.core.targets import lists_are_keyed, selects
+from warmup_operator.core.trust import TrustPolicy, not_opted_in
 from warmup_operator.redact import env_literals, redact
 
 log = logging.getLogger("warmup_operator")
@@ -52,23 +56,37 @@ class Outcome:
     decision: Decision
     applied: bool = False
     error: str = ""
+    status: Optional[int] = None  # the API's HTTP status of a failed apply
 
 
 class Controller:
     def __init__(self, kube: Any, *, bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
-                 emit: Optional[Emit] = None):
+                 emit: Optional[Emit] = None, policy: TrustPolicy = TrustPolicy()):
         self.kube = kube
         self.bootstrap_image = bootstrap_image
+        self.policy = policy
         self.emit = emit or (lambda *a: None)
         self._locks: dict[tuple, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
+        self.apply_errors: dict[tuple[str, str, str], str] = {}
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    def _namespace_labels(self, obj: Any, crs: list[CRRecord]) -> Optional[dict]:
+        """The workload namespace's labels, read only when a KernelWarmup there asks for a
+        hostPath cache (Pod Security Admission may refuse it)."""
+        ns = (obj.get("metadata") or {}).get("namespace", "")
+        if not any(isinstance(s := c.parsed(), KernelWarmupSpec) and "hostPath" in s.cache.source
+                   for c in crs if c.namespace == ns):
+            return None
+        return self.kube.namespace_labels(ns)
+
     def _decide(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Decision:
-        d = decide(kind, obj, crs, default_bootstrap_image=self.bootstrap_image)
+        d = decide(kind, obj, crs, default_bootstrap_image=self.bootstrap_image, policy=self.policy,
+                   namespace_labels=self._namespace_labels(obj, crs))
         if kind is LEADERWORKERSET and d.action == "inject":
             crd = self.kube.get_crd(LWS_CRD)
             if crd is None or not lists_are_keyed(crd):
@@ -99,8 +117,10 @@ class Controller:
                 msg = redact(f"{d.action} {kind.kind}/{d.name} failed: {getattr(exc, 'reason', '')} "
                              f"{getattr(exc, 'body', exc)}", env_literals(kind, live))
                 log.warning(msg)
-                return Outcome(d, error=msg)
+                self._apply_failed(kind, live, d, crs, msg)
+                return Outcome(d, error=msg, status=getattr(exc, "status", None))
             fault_point("applied")
+            self.apply_errors.pop((kind.kind, d.namespace, d.name), None)
         metrics.INJECTIONS.labels(kind.kind, d.action).inc()
         verb = "Injected" if d.action == "inject" else "Removed"
         text = (f"kernel warmup from KernelWarmup {d.owner} (hash {d.hash})" if d.action == "inject"
@@ -113,6 +133,18 @@ class Controller:
         for w in d.warnings:
             self.emit(ref(live, kind), "Warning", "KernelWarmupWarning", w)
         return Outcome(d, applied=True)
+
+    def _apply_failed(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord], msg: str) -> None:
+        """Remember a failed apply for the status and say it once in Events (a 422 or 403
+        is not retried away: it stays until the workload or the CR changes)."""
+        key = (kind.kind, d.namespace, d.name)
+        if self.apply_errors.get(key) == msg:
+            return
+        self.apply_errors[key] = msg
+        self.emit(ref(live, kind), "Warning", "KernelWarmupApplyFailed", msg)
+        owner = next((c for c in crs if c.name == (d.owner or _owner_of(live, kind))), None)
+        if owner is not None:
+            self.emit(cr_ref(owner), "Warning", "ApplyFailed", msg)
 
     def reconcile_namespace(self, namespace: str, workloads: Iterable[tuple[WorkloadKind, Any]],
                             crs: list[CRRecord], only_for: Optional[CRRecord] = None) -> list[Outcome]:
@@ -137,14 +169,27 @@ class Controller:
             d = self._decide(kind, obj, crs)
             st = obj.get("status") or {}
             replicas, ready = int(st.get("replicas") or 0), int(st.get("readyReplicas") or 0)
-            if d.owner == cr.name:
+            failed = self.apply_errors.get((kind.kind, cr.namespace, d.name))
+            if d.owner == cr.name and failed and d.action != "none":
+                states.append(TargetState(kind.kind, d.name, injected=False, hash=d.hash or "", replicas=replicas,
+                                          ready_replicas=ready, message=failed, reason="ApplyFailed"))
+            elif d.owner == cr.name:
                 msg = d.error.__str__() if d.error else "; ".join(d.warnings)
-                states.append(TargetState(kind.kind, d.name, injected=d.action == "none" and d.error is None,
-                                          hash=d.hash or "", replicas=replicas, ready_replicas=ready, message=msg,
+                reason = getattr(d.error, "reason", "InjectionFailed") if d.error else ""
+                injected = d.action == "none" and d.error is None
+                if injected and not msg:  # an admission refusal's words could quote the template's env
+                    msg, reason = replica_failure(st)
+                    msg = redact(msg, env_literals(kind, obj))
+                states.append(TargetState(kind.kind, d.name, injected=injected, hash=d.hash or "", replicas=replicas,
+                                          ready_replicas=ready, message=msg, reason=reason,
                                           engine=d.engine))
             elif cr.name in d.conflicts:
                 states.append(TargetState(kind.kind, d.name, injected=False, replicas=replicas, ready_replicas=ready,
                                           message=f"also selected by KernelWarmup {d.owner} (older); this one is ignored"))
+            elif _owner_of(obj, kind) != cr.name:  # selected, but the workload opted into another one (or none)
+                refused = not_opted_in(kind.kind, d.name, cr.name, meta)
+                states.append(TargetState(kind.kind, d.name, injected=False, replicas=replicas, ready_replicas=ready,
+                                          message=str(refused), reason=refused.reason))
         return states
 
     def refresh_status(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]], crs: list[CRRecord],
@@ -153,8 +198,32 @@ class Controller:
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         new = compute_status(StatusInputs(cr.generation, targets, warmups, spec_error), previous, now)
         if not same_status(previous, new):
-            self.kube.patch_cr_status(cr.namespace, cr.name, new)
+            self.kube.patch_cr_status(cr.namespace, cr.name, status_patch(previous, new))
+            self._announce(cr, previous, targets)
         return new
+
+    def removal_errors(self, cr: CRRecord, outcomes: list[Outcome], previous: dict) -> list[str]:
+        """While a KernelWarmup is deleted: the removals worth retrying (the finalizer
+        stays), shown in its status; a 422 will never pass, so it is reported (Event on the
+        KernelWarmup, the workload already has one) and not waited for."""
+        for o in outcomes:
+            if o.error and o.status == 422:
+                self.emit(cr_ref(cr), "Warning", "RemovalGivenUp",
+                          f"{o.error}; the API refuses the removal, so the finalizer is released: take the "
+                          f"kernel-warmup entries out of {o.decision.kind}/{o.decision.name} by hand")
+        errors = [o.error for o in outcomes if o.error and o.status != 422]
+        if errors:
+            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self.kube.patch_cr_status(cr.namespace, cr.name, removal_stuck(previous, "; ".join(errors), now))
+        return errors
+
+    def _announce(self, cr: CRRecord, previous: Optional[dict], targets: list[TargetState]) -> None:
+        """A Warning Event on the KernelWarmup for each target problem not in the previous
+        status (refused opt-in, image, hostPath, reserved names, FailedCreate ...)."""
+        before = {(t.get("kind"), t.get("name"), t.get("message")) for t in (previous or {}).get("targets") or []}
+        for t in targets:
+            if t.message and t.reason and t.reason != "ApplyFailed" and (t.kind, t.name, t.message) not in before:
+                self.emit(cr_ref(cr), "Warning", t.reason, f"{t.kind}/{t.name}: {t.message}")
 
 
 def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:

@@ -49,10 +49,14 @@ def namespace(cluster, name: str) -> str:
     return name
 
 
-def vllm_deployment(name: str, ns: str, labels: Optional[dict] = None, replicas: int = 1) -> dict:
-    """Like examples/vllm-deployment.yaml, plus a user init container and a user PYTHONPATH."""
+def vllm_deployment(name: str, ns: str, labels: Optional[dict] = None, replicas: int = 1,
+                    opt_in: Optional[str] = "kw") -> dict:
+    """Like examples/vllm-deployment.yaml, plus a user init container and a user PYTHONPATH;
+    opted into the KernelWarmup ``opt_in`` (None: not opted in)."""
     doc = yaml.safe_load((ROOT / "examples/vllm-deployment.yaml").read_text())
     doc["metadata"] = {"name": name, "namespace": ns, "labels": labels or {"app": name}}
+    if opt_in:
+        doc["metadata"]["annotations"] = {"kernelwarmup.dev/kernelwarmup": opt_in}
     doc["spec"]["replicas"] = replicas
     doc["spec"]["selector"] = {"matchLabels": {"pod": name}}
     doc["spec"]["template"]["metadata"]["labels"] = {"pod": name}

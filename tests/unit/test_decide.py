@@ -10,17 +10,20 @@ from warmup_operator.core.decide import CRRecord, decide
 from warmup_operator.core.kernelwarmup import parse_spec
 from warmup_operator.core.kinds import DEPLOYMENT, LEADERWORKERSET
 from warmup_operator.core.targets import lists_are_keyed, selects
+from warmup_operator.core.trust import OPT_IN
 
 
-def deployment(name="llm", labels=None, template_ann=None, env=None):
+def deployment(name="llm", labels=None, template_ann=None, env=None, opt_in="kw"):
     c = {"name": "vllm", "image": "vllm/vllm-openai:v0.11.0", "resources": {"limits": {"nvidia.com/gpu": 1}}}
     if env:
         c["env"] = env
     t = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}
     if template_ann:
         t["metadata"]["annotations"] = template_ann
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": "ns", "labels": labels if labels is not None else {"app": "vllm"}},
+    meta = {"name": name, "namespace": "ns", "labels": labels if labels is not None else {"app": "vllm"}}
+    if opt_in:
+        meta["annotations"] = {OPT_IN: opt_in}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
             "spec": {"selector": {"matchLabels": {"app": name}}, "template": t}}
 
 
@@ -69,10 +72,12 @@ def test_untouched_workloads_stay_untouched():
     assert decide(DEPLOYMENT, deployment(), []).action == "none"
 
 
-def test_oldest_cr_wins_and_others_are_told():
+def test_the_opted_in_cr_wins_and_others_are_told():
     crs = [cr("newer", created="2026-02-01T00:00:00Z"), cr("older", created="2026-01-01T00:00:00Z")]
-    d = decide(DEPLOYMENT, deployment(), crs)
-    assert d.owner == "older" and d.conflicts == ("newer",)
+    d = decide(DEPLOYMENT, deployment(opt_in="newer"), crs)
+    assert d.owner == "newer" and d.action == "inject"
+    d = decide(DEPLOYMENT, deployment(opt_in=None), crs)  # selected twice, opted into neither
+    assert d.action == "none" and d.owner == "older" and d.error.reason == "NotOptedIn"
 
 
 def test_invalid_spec_keeps_an_existing_injection():
@@ -89,7 +94,7 @@ def test_injection_error_is_reported_not_applied():
 def test_lws_injects_into_both_templates():
     tmpl = deployment()["spec"]["template"]
     lws = {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
-           "metadata": {"name": "big", "namespace": "ns", "labels": {"app": "vllm"}},
+           "metadata": {"name": "big", "namespace": "ns", "labels": {"app": "vllm"}, "annotations": {OPT_IN: "kw"}},
            "spec": {"leaderWorkerTemplate": {"size": 2, "leaderTemplate": tmpl, "workerTemplate": tmpl}}}
     d = decide(LEADERWORKERSET, lws, [cr()])
     lwt = d.body["spec"]["leaderWorkerTemplate"]

@@ -34,7 +34,8 @@ def test_selector_matching_a_non_gpu_workload_is_reported_not_injected():
     error naming spec.servingContainer in the CR's status, and no change."""
     from warmup_operator.core.decide import decide
     obj = {"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": "frontend", "namespace": "ns", "labels": {"app": "vllm"}},
+           "metadata": {"name": "frontend", "namespace": "ns", "labels": {"app": "vllm"},
+                        "annotations": {"kernelwarmup.dev/kernelwarmup": "kw"}},
            "spec": {"template": template(container("web", gpus=0))}}
     kw = CRRecord("kw", "ns", uid="u1", created="2026-01-01T00:00:00Z",
                   spec=spec_doc(targets={"selector": {"matchLabels": {"app": "vllm"}}}))

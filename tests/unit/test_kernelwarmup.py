@@ -24,7 +24,6 @@ HOSTILE_CONTAINER = [
     ("image-newline", {"image": "vllm\nrm"}, "spec.warmer.image"),
     ("image-leading-dash", {"image": "-v/:/host"}, "spec.warmer.image"),
     ("image-pipe", {"image": "vllm|sh"}, "spec.warmer.image"),
-    ("bootstrap-image-amp", {"bootstrapImage": "boot&&id"}, "spec.warmer.bootstrapImage"),
     ("python-args", {"python": "python3 -c 'import os'"}, "spec.warmer.python"),
     ("python-semicolon", {"python": "python3;id"}, "spec.warmer.python"),
     ("python-var", {"python": "$PYTHON"}, "spec.warmer.python"),
@@ -40,6 +39,13 @@ def test_hostile_container_values_are_refused_by_the_operator_itself(case_id, wa
     with pytest.raises(SpecInvalid) as ei:
         parse_spec(spec_doc(warmer=warmer))
     assert ei.value.field == field, str(ei.value)
+
+
+def test_bootstrap_image_of_an_older_crd_is_ignored():
+    """The bootstrap image is the operator's configuration only (issue 11, item 2): a
+    stored CR from an older CRD that still has the field gets the operator's image."""
+    spec = parse_spec(spec_doc(warmer={"bootstrapImage": "evil.example/boot:1"}))
+    assert not hasattr(spec.container, "bootstrap_image")
 
 
 def test_valid_image_references_pass():

@@ -43,7 +43,8 @@ def workload_with_secrets():
            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
            {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "llm", "namespace": "ns", "labels": {"app": "vllm"}},
+            "metadata": {"name": "llm", "namespace": "ns", "labels": {"app": "vllm"},
+                         "annotations": {"kernelwarmup.dev/kernelwarmup": "kw"}},
             "spec": {"template": template(container(env=env))}}
 
 

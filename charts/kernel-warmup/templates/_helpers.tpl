@@ -85,6 +85,8 @@ Cluster-scoped reads, granted in either scope:
 - customresourcedefinitions list/watch: kopf notices CRDs appearing (a LeaderWorkerSet
   CRD installed after the operator); get on the LeaderWorkerSet CRD only: the operator
   checks that its pod-template lists are keyed before it server-side applies into one.
+- namespaces get: a KernelWarmup asking for a hostPath cache is refused, with a status
+  entry, where the namespace's Pod Security level refuses hostPath (core/trust.py).
 */}}
 {{- define "kernel-warmup.clusterReadRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
@@ -93,5 +95,8 @@ Cluster-scoped reads, granted in either scope:
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   resourceNames: ["leaderworkersets.leaderworkerset.x-k8s.io"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["namespaces"]
   verbs: ["get"]
 {{- end }}

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping, Optional, Union
 
-from warmup_operator.core import inject, names, uninject
+from warmup_operator.core import inject, names, trust, uninject
 from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec, SpecInvalid, parse_spec
 from warmup_operator.core.kinds import WorkloadKind
@@ -79,7 +79,9 @@ def apply_body(kind: WorkloadKind, name: str, namespace: str, template_fragments
 
 
 def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
-           default_bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE) -> Decision:
+           default_bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
+           policy: trust.TrustPolicy = trust.TrustPolicy(),
+           namespace_labels: Optional[Mapping[str, str]] = None) -> Decision:
     name, namespace, labels = workload_meta(obj)
     tmpls = templates(kind, obj)
     base = dict(kind=kind.kind, name=name, namespace=namespace)
@@ -90,15 +92,28 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         ((cr, s) for cr, s in parsed if isinstance(s, KernelWarmupSpec) and selects(s.targets, kind.kind, name, labels)),
         key=lambda cs: (cs[0].created, cs[0].name),
     )
-    if selecting:
-        owner, spec = selecting[0]
-        conflicts = tuple(cr.name for cr, _ in selecting[1:])
+    meta = obj.get("metadata") or {}
+    allowed = [(cr, s) for cr, s in selecting if trust.opted_in(meta, cr.name)]
+    if selecting and not allowed:  # selected, but the workload's owner did not opt in
+        first = selecting[0][0].name
+        refused = trust.not_opted_in(kind.kind, name, first, meta)
+        if not live_owners:
+            return Decision("none", **base, owner=first, error=refused)
+        return replace(_removal(kind, obj, tmpls, base), owner=first, error=refused)
+    if allowed:
+        owner, spec = allowed[0]
+        conflicts = tuple(cr.name for cr, _ in allowed[1:])
+        try:
+            trust.check_spec(spec, policy, namespace, namespace_labels)
+        except trust.TrustError as exc:
+            return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
         merged: dict = {}
         desired: list[str] = []
         warnings: list[str] = []
         engine: Optional[dict] = None
         for path, t in tmpls:
             try:
+                uninject.check_reserved_names(t)
                 inj = inject.build_injection(spec, uninject.user_view(t), cr_name=owner.name,
                                              default_bootstrap_image=default_bootstrap_image)
             except inject.InjectionError as exc:
@@ -108,8 +123,10 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
             engine = inj.engine if engine is None else engine
             merged = deep_merge(merged, nest(path, inj.fragment))
         h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
+        # Same hash and owner, and the injected entries still there (someone may have
+        # removed the init containers but left the annotation: drift, re-applied).
         up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
-                         for (_, t), d in zip(tmpls, desired))
+                         and uninject.injected_parts_present(t) for (_, t), d in zip(tmpls, desired))
         if up_to_date:
             return Decision("none", **base, owner=owner.name, hash=h, conflicts=conflicts, warnings=tuple(warnings),
                             engine=engine)
@@ -123,9 +140,13 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
     for cr, s in parsed:
         if cr.name in live_owners and isinstance(s, SpecInvalid):
             return Decision("none", **base, owner=cr.name)
-    merged = {}
+    return _removal(kind, obj, tmpls, base)
+
+
+def _removal(kind: WorkloadKind, obj: Any, tmpls: list, base: dict) -> Decision:
+    merged: dict = {}
     for path, t in tmpls:
         frag = uninject.removal_fragment(t)
         if frag:
             merged = deep_merge(merged, nest(path, frag))
-    return Decision("remove", **base, body=apply_body(kind, name, namespace, merged))
+    return Decision("remove", **base, body=apply_body(kind, base["name"], base["namespace"], merged))

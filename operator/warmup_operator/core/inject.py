@@ -69,7 +69,7 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
     env, warnings = serving_env(serving, cache, spec.sitecustomize)
     warmer = warmer_container(spec, serving, warmer_env(serving, cache, engine.warmer.to_json()))
     body = {"spec": {
-        "initContainers": [bootstrap_container(spec.container.bootstrap_image or default_bootstrap_image), warmer],
+        "initContainers": [bootstrap_container(default_bootstrap_image), warmer],
         "volumes": pod_volumes(spec.cache.source),
         "containers": [serving_patch(serving["name"], env, mount)],
     }}

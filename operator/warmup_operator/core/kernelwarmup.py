@@ -55,9 +55,8 @@ class CacheVolume:
 
 @dataclass(frozen=True)
 class WarmerContainer:
-    image: Optional[str] = None
+    image: Optional[str] = None  # only when the operator's allow-list has it (core/trust.py)
     image_pull_policy: Optional[str] = None
-    bootstrap_image: Optional[str] = None
     python: str = "python3"
     resources: Mapping[str, Any] = field(default_factory=dict)
 
@@ -153,6 +152,8 @@ def _matching(w: Mapping, key: str, where: str, pattern: re.Pattern, what: str, 
 
 
 def parse_container(data: Any) -> WarmerContainer:
+    """spec.warmer. A ``bootstrapImage`` (a field of older CRDs) is ignored: the bootstrap
+    image is the operator's own configuration, never a namespace user's choice."""
     where = "spec.warmer"
     w = _obj(data, where)
     resources = _obj(w.get("resources"), f"{where}.resources")
@@ -162,7 +163,6 @@ def parse_container(data: Any) -> WarmerContainer:
     return WarmerContainer(
         image=_matching(w, "image", where, IMAGE_RE, "an image reference") or None,
         image_pull_policy=pull,
-        bootstrap_image=_matching(w, "bootstrapImage", where, IMAGE_RE, "an image reference") or None,
         python=_matching(w, "python", where, PYTHON_RE, "an executable path", "python3") or "python3",
         resources=resources,
     )

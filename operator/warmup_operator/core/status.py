@@ -2,12 +2,15 @@
 
 Warmups are read from Pods: the warmer's init container ends with its JSON summary as
 the termination message (``/dev/termination-log``); with FallbackToLogsOnError a crash
-leaves the log tail there instead, which is reported as text.
+leaves the log tail there instead. Only typed, bounded fields of a summary reach the
+CR (``structured_summary``); no text from a Pod does.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -26,7 +29,6 @@ class WarmupObservation:
     finished_at: str
     exit_code: int
     summary: Optional[dict] = None  # the parsed summary, None when the message isn't one
-    text: str = ""  # the raw message when it is not a summary (crash log tail)
 
     @property
     def succeeded(self) -> bool:
@@ -88,7 +90,7 @@ def observe_pod(pod: dict) -> Optional[WarmupObservation]:
             namespace=meta.get("namespace", ""), pod=meta.get("name", ""), cr=ann[names.ANN_INJECTED_BY],
             hash=ann.get(names.ANN_HASH, ""), workload=workload_of_pod(pod),
             finished_at=term.get("finishedAt") or "", exit_code=int(term.get("exitCode") or 0),
-            summary=summary, text="" if summary is not None else msg[-1024:],
+            summary=summary,
         )
     return None
 
@@ -104,6 +106,7 @@ class TargetState:
     message: str = ""
     # spec path -> {"value", "from"}: what the warmer plans for, read from the serving command
     engine: Optional[dict] = None
+    reason: str = ""  # a CamelCase word for Events and the Degraded condition
 
     def to_status(self) -> dict:
         out: dict[str, Any] = {"kind": self.kind, "name": self.name, "injected": self.injected,
@@ -111,11 +114,26 @@ class TargetState:
         if self.hash:
             out["hash"] = self.hash
         if self.message:
-            out["message"] = self.message
+            out["message"] = self.message[:MAX_MESSAGE]
         if self.engine:
             out["engine"] = [{"field": path, "value": str(v["value"]), "from": v["from"]}
                              for path, v in sorted(self.engine.items())]
+        if self.reason:
+            out["reason"] = self.reason
         return out
+
+
+MAX_MESSAGE = 1024
+
+
+def replica_failure(workload_status: dict) -> tuple[str, str]:
+    """(message, reason) when the workload's controller cannot create Pods (a Deployment's
+    ReplicaFailure condition, e.g. FailedCreate after an admission refusal), else ("", "")."""
+    for c in (workload_status or {}).get("conditions") or []:
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            why = str(c.get("reason") or "FailedCreate")
+            return f"Pods cannot be created ({why}): {str(c.get('message') or '')[:512]}", "FailedCreate"
+    return "", ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,7 @@ def conditions(inp: StatusInputs) -> list[Condition]:
         return [Condition("Ready", "False", "InvalidSpec", inp.spec_error),
                 Condition("Degraded", "True", "InvalidSpec", inp.spec_error)]
     errors = [t for t in inp.targets if t.message and not t.injected]
+    failing = [t for t in inp.targets if t.injected and t.reason == "FailedCreate"]
     pending = [t for t in inp.targets if not t.injected and not t.message]
     if not inp.targets:
         ready = Condition("Ready", "False", "NoTargets", "no workload in this namespace matches spec.targets")
@@ -175,10 +194,15 @@ def conditions(inp: StatusInputs) -> list[Condition]:
         ready = Condition("Ready", "True", "Injected", f"{len(inp.targets)} workload(s) injected")
     if errors:
         degraded = Condition("Degraded", "True", "InjectionFailed",
-                             "; ".join(f"{t.kind}/{t.name}: {t.message}" for t in errors))
+                             "; ".join(f"{t.kind}/{t.name}: {t.message}" for t in errors)[:MAX_MESSAGE])
+    elif failing:
+        degraded = Condition("Degraded", "True", "FailedCreate",
+                             "; ".join(f"{t.kind}/{t.name}: {t.message}" for t in failing)[:MAX_MESSAGE])
     elif last is not None and not last.succeeded:
-        detail = (last.summary or {}).get("error") or last.text or f"exit code {last.exit_code}"
-        degraded = Condition("Degraded", "True", "WarmupFailed", f"pod {last.pod}: {str(detail)[:512]}")
+        reason = structured_summary(last.summary or {}).get("failureReason", "NoSummary")
+        degraded = Condition("Degraded", "True", "WarmupFailed",
+                             f"pod {last.pod}: warmup failed ({reason}, exit code {last.exit_code}); the warmer's "
+                             f"log says why: kubectl logs {last.pod} -c {names.WARMER_CONTAINER}")
     else:
         warn = [t for t in inp.targets if t.message and t.injected]
         degraded = (Condition("Degraded", "True", "Warning", "; ".join(t.message for t in warn)) if warn
@@ -213,11 +237,80 @@ def compute_status(inp: StatusInputs, previous: Optional[dict], now: str) -> dic
         if flashinfer_timing(last.summary):
             lw["flashinfer"] = flashinfer_timing(last.summary)
         if last.summary is not None:
-            lw["summary"] = last.summary
-        elif last.text:
-            lw["summary"] = {"text": last.text}
+            lw["summary"] = structured_summary(last.summary)
         out["lastWarmup"] = lw
     return out
+
+
+# --- the warmer's summary as the CR may carry it: typed, bounded, no free text -----------
+
+SUMMARY_STATUSES = ("ok", "failed", "skipped")
+FLASHINFER_STATES = ("ok", "warm", "skipped", "failed")
+# Words of the warmer's error (report.py, runner.py, deadline, cli) -> a fixed reason.
+FAILURE_REASONS = (
+    ("timeoutSeconds", "Timeout"), ("is full (ENOSPC", "CacheVolumeFull"), ("read-only", "CacheVolumeReadOnly"),
+    ("permission denied", "CacheVolumePermission"), ("cache lock", "CacheLockTimeout"),
+    ("config field", "ModelConfigInvalid"), ("no GPU visible", "NoGPU"),
+    ("autotune broadcast failed", "DistributedFailed"), ("triton variant(s) failed", "CompileFailed"),
+)
+MAX_COUNT = 10**6
+_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def _count(v: Any) -> int:
+    return min(max(v, 0), MAX_COUNT) if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def failure_reason(error: Any) -> str:
+    text = error if isinstance(error, str) else ""
+    return next((reason for needle, reason in FAILURE_REASONS if needle in text), "WarmupFailed")
+
+
+def structured_summary(summary: dict) -> dict:
+    """What of a Pod's summary reaches the KernelWarmup: enums, bounded numbers and a hex
+    key. Free text (an error, a log tail) never does: a Pod's message could carry
+    anything its container could read (env, tokens); the log is where the words are."""
+    status = summary.get("status") if summary.get("status") in SUMMARY_STATUSES else "failed"
+    out: dict[str, Any] = {"status": status}
+    secs = summary.get("seconds")
+    if isinstance(secs, (int, float)) and not isinstance(secs, bool) and math.isfinite(secs):
+        out["seconds"] = round(min(max(float(secs), 0.0), 1e7), 3)
+    key = summary.get("cacheKey")
+    if isinstance(key, str) and _HEX.match(key):
+        out["cacheKey"] = key
+    t = summary.get("triton") if isinstance(summary.get("triton"), dict) else {}
+    out["triton"] = {k: _count(t.get(k)) for k in ("compiled", "hit", "skipped", "failed")}
+    fi = summary.get("flashinfer") if isinstance(summary.get("flashinfer"), dict) else {}
+    fi_status = str(fi.get("status") or "")
+    state = next((w for w in FLASHINFER_STATES if fi_status.startswith(w)), None)
+    if state:
+        out["flashinfer"] = state
+    if status == "failed":
+        out["failureReason"] = failure_reason(summary.get("error"))
+    return out
+
+
+def status_patch(previous: Optional[dict], new: dict) -> dict:
+    """A merge patch that makes the status exactly ``new``: keys of ``previous`` that
+    ``new`` lacks are set to null (a merge patch otherwise keeps them: an old summary's
+    fields would outlive the warmup they described)."""
+    out = dict(new)
+    for k, old in (previous or {}).items():
+        if k not in new:
+            out[k] = None
+        elif isinstance(old, dict) and isinstance(new[k], dict):
+            out[k] = status_patch(old, new[k])
+    return out
+
+
+def removal_stuck(previous: Optional[dict], message: str, now: str) -> dict:
+    """The status patch of a KernelWarmup whose deletion waits on a removal that fails."""
+    keep = [c for c in (previous or {}).get("conditions") or [] if c.get("type") not in ("Ready", "Degraded")]
+    return {"conditions": keep + [
+        {"type": "Ready", "status": "False", "reason": "Deleting", "message": "removing the injection",
+         "lastTransitionTime": now},
+        {"type": "Degraded", "status": "True", "reason": "RemovalFailed",
+         "message": f"deletion waits for: {message}"[:MAX_MESSAGE], "lastTransitionTime": now}]}
 
 
 def same_status(a: Optional[dict], b: Optional[dict]) -> bool:

@@ -8,6 +8,7 @@ from typing import Optional
 from warmup_operator.core import names
 from warmup_operator.core.containers import env_entry
 from warmup_operator.core.dicts import get_path
+from warmup_operator.core.trust import TrustError
 
 
 def strip_site(pythonpath: str) -> str:
@@ -84,3 +85,27 @@ def live_hash(template: dict) -> Optional[str]:
 
 def live_owner(template: dict) -> Optional[str]:
     return get_path(template or {}, ("metadata", "annotations", names.ANN_INJECTED_BY))
+
+
+def _names(template: dict, key: str) -> set:
+    return {x.get("name") for x in ((template or {}).get("spec") or {}).get(key) or []}
+
+
+def check_reserved_names(template: dict) -> None:
+    """A template the operator has not injected must not already use its names: the
+    user's entry would be taken over (overwritten by the apply, removed on deletion).
+    ``user_view`` strips those names, so this looks at the live template."""
+    if live_hash(template):
+        return
+    for key, reserved in (("initContainers", names.INIT_CONTAINERS), ("volumes", names.VOLUMES)):
+        taken = sorted(_names(template, key) & set(reserved))
+        if taken:
+            raise TrustError(f"spec.template.spec.{key}[{taken[0]}]",
+                             f"the workload already has {key[:-1]} {taken[0]!r}, a name reserved for what the "
+                             "operator injects; rename it in the workload", "ReservedName")
+
+
+def injected_parts_present(template: dict) -> bool:
+    """Whether the init containers and volumes the operator injects are in the template."""
+    return (set(names.INIT_CONTAINERS) <= _names(template, "initContainers")
+            and set(names.VOLUMES) <= _names(template, "volumes"))
