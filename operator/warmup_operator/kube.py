@@ -123,6 +123,28 @@ class Kube:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
+    OWNER_PATHS = {"ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+                   "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+                   "Pod": "/api/v1/namespaces/{ns}/pods/{name}"}
+
+    def controller_of(self, kind: str, namespace: str, name: str, uid: str) -> Optional[tuple[str, str, str]]:
+        """The controlling owner (kind, name, uid) of the object ``kind/name`` if it is the
+        one with ``uid``; None when it is not there, is another object, or has no owner."""
+        path = self.OWNER_PATHS.get(kind)
+        if path is None:
+            return None
+        try:
+            obj = self._call("GET", path.format(ns=namespace, name=name))
+        except self._kubernetes.client.exceptions.ApiException as exc:
+            if exc.status not in (403, 404):
+                raise
+            return None
+        meta = (obj or {}).get("metadata") or {}
+        if meta.get("uid") != uid:
+            return None
+        ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+        return (str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", ""))) if ref else None
+
     def namespace_labels(self, name: str) -> Optional[dict]:
         """A namespace's labels (Pod Security levels); None when it cannot be read."""
         try:

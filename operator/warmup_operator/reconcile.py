@@ -28,7 +28,8 @@ from warmup_operator.core.status import (
     same_status,
     status_patch,
 )
-from warmup_operator.core.targets import lists_are_keyed, selects
+from warmup_operator.core.targets import lists_are_keyed, selects, templates
+from warmup_operator.core.uninject import live_hash
 from warmup_operator.core.trust import TrustPolicy, not_opted_in
 from warmup_operator.redact import env_literals, redact
 
@@ -70,6 +71,7 @@ class Controller:
         self._locks_guard = threading.Lock()
         # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
         self.apply_errors: dict[tuple[str, str, str], str] = {}
+        self._owners: dict[str, Optional[tuple[str, str, str]]] = {}  # uid -> its controller (immutable)
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._locks_guard:
@@ -194,13 +196,39 @@ class Controller:
 
     def refresh_status(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]], crs: list[CRRecord],
                        warmups: list[WarmupObservation], previous: Optional[dict], spec_error: str = "") -> dict:
+        workloads = list(workloads)
         targets = [] if spec_error else self.target_states(cr, workloads, crs)
+        warmups = self.accepted_warmups(warmups, [obj for _, obj in workloads
+                                                  if (obj.get("metadata") or {}).get("namespace") == cr.namespace])
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         new = compute_status(StatusInputs(cr.generation, targets, warmups, spec_error), previous, now)
         if not same_status(previous, new):
             self.kube.patch_cr_status(cr.namespace, cr.name, status_patch(previous, new))
             self._announce(cr, previous, targets)
         return new
+
+    def accepted_warmups(self, warmups: list[WarmupObservation], workloads: list[Any]) -> list[WarmupObservation]:
+        """Only summaries from Pods that a workload of this namespace controls (through its
+        ReplicaSet or StatefulSet, checked by uid on the API) and that carry a pod-template
+        hash the workload has now: a Pod anyone labelled with our annotations, or one of an
+        old rollout, says nothing about this KernelWarmup."""
+        current: dict[str, set] = {}
+        for obj in workloads:
+            uid = (obj.get("metadata") or {}).get("uid")
+            kind = KINDS.get(obj.get("kind") or "")
+            if uid and kind is not None:
+                current[uid] = {live_hash(t) for _, t in templates(kind, obj)} - {None}
+        return [w for w in warmups if (root := self._controlling_workload(w, set(current))) and w.hash in current[root]]
+
+    def _controlling_workload(self, w: WarmupObservation, uids: set) -> Optional[str]:
+        ref, depth = w.owner, 0
+        while ref is not None and depth < 4:
+            if ref[2] in uids:
+                return ref[2]
+            if ref[2] not in self._owners:
+                self._owners[ref[2]] = self.kube.controller_of(ref[0], w.namespace, ref[1], ref[2])
+            ref, depth = self._owners[ref[2]], depth + 1
+        return None
 
     def removal_errors(self, cr: CRRecord, outcomes: list[Outcome], previous: dict) -> list[str]:
         """While a KernelWarmup is deleted: the removals worth retrying (the finalizer

@@ -234,3 +234,40 @@ def test_drift_is_repaired(cluster, operator):
     cluster.kubectl_run("patch", "deployment", "victim-j", "-n", NS, "--type=json", "-p", json.dumps(patch))
     wait_for("re-injection", lambda: {c["name"] for c in template_of(cluster, "victim-j", NS)["spec"]["initContainers"]}
              >= set(names.INIT_CONTAINERS))
+
+
+def forged_pod(real: dict, name: str, owner: dict | None) -> dict:
+    """A Pod like ``real`` (same annotations, so same KernelWarmup and hash) that no target
+    controls; labels changed so no ReplicaSet adopts it."""
+    spec = {k: v for k, v in real["spec"].items() if k not in ("nodeName",)}
+    meta = {"name": name, "namespace": NS, "labels": {"forged": "yes"}, "annotations": real["metadata"]["annotations"]}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def test_summaries_count_only_from_the_targets_own_pods(cluster, operator):
+    victim(cluster, "victim-k", opt_in="warm-k")
+    other = victim(cluster, "bystander-k")
+    apply(cluster, kernelwarmup("warm-k", NS, targets={"names": ["victim-k"]}))
+    h = wait_for("injection", lambda: (template_of(cluster, "victim-k", NS)["metadata"].get("annotations") or {})
+                 .get(names.ANN_HASH))
+    real = wait_for("a Pod of the new rollout", lambda: next(
+        (p for p in get_list(cluster, "pods", NS, "-l", "pod=victim-k")
+         if (p["metadata"].get("annotations") or {}).get(names.ANN_HASH) == h), None))
+    simulate_init_termination(cluster, real, json.dumps({"status": "ok", "seconds": 3.0}))
+    wait_for("the real warmup in status", lambda: ((get(cluster, "kernelwarmup", "warm-k", NS) or {}).get("status") or {})
+             .get("lastWarmup", {}).get("pod") == real["metadata"]["name"])
+    rs = replicasets(cluster, NS, "bystander-k")[0]
+    foreign = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
+               "uid": rs["metadata"]["uid"], "controller": True}
+    assert other["metadata"]["name"] == "bystander-k"
+    for name, owner in (("forged-orphan", None), ("forged-foreign", foreign)):
+        apply(cluster, forged_pod(real, name, owner))
+        pod = get(cluster, "pod", name, NS)
+        simulate_init_termination(cluster, pod, json.dumps({"status": "failed", "error": "forged"}), warmer_exit_code=1)
+    import time
+    time.sleep(4 * RESYNC_S)
+    status = get(cluster, "kernelwarmup", "warm-k", NS)["status"]
+    assert status["lastWarmup"]["pod"] == real["metadata"]["name"] and status["lastWarmup"]["succeeded"] is True
+    assert next(c for c in status["conditions"] if c["type"] == "Degraded")["status"] == "False"

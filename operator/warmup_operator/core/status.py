@@ -29,6 +29,7 @@ class WarmupObservation:
     finished_at: str
     exit_code: int
     summary: Optional[dict] = None  # the parsed summary, None when the message isn't one
+    owner: Optional[tuple[str, str, str]] = None  # the Pod's controller: (kind, name, uid)
 
     @property
     def succeeded(self) -> bool:
@@ -90,8 +91,16 @@ def observe_pod(pod: dict) -> Optional[WarmupObservation]:
             namespace=meta.get("namespace", ""), pod=meta.get("name", ""), cr=ann[names.ANN_INJECTED_BY],
             hash=ann.get(names.ANN_HASH, ""), workload=workload_of_pod(pod),
             finished_at=term.get("finishedAt") or "", exit_code=int(term.get("exitCode") or 0),
-            summary=summary,
+            summary=summary, owner=controller_of(pod),
         )
+    return None
+
+
+def controller_of(obj: dict) -> Optional[tuple[str, str, str]]:
+    """(kind, name, uid) of the object's controlling owner reference."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return (str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")))
     return None
 
 
