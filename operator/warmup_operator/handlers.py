@@ -86,6 +86,11 @@ def warmup_index(body: Any, **_: Any) -> Optional[dict]:
     return {(obs.namespace, obs.cr): obs} if obs else {}
 
 
+def _see_cluster(kw_index: Any) -> None:
+    """Hand the controller every KernelWarmup (one cache, one mount path, cluster-wide)."""
+    controller().cluster_crs = [c for ns in list(kw_index) for c in kw_index.get(ns, [])]
+
+
 def _crs(kw_index: Any, namespace: str, override: Optional[CRRecord] = None,
          exclude_uid: Optional[str] = None) -> list[CRRecord]:
     crs = [c for c in kw_index.get(namespace, []) if c.uid != exclude_uid]
@@ -124,6 +129,7 @@ def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmu
         if previous.get("conditions", [{}])[0].get("reason") != "InvalidSpec":
             _emit(cr_ref(record), "Warning", "InvalidSpec", str(parsed))
         raise kopf.PermanentError(str(parsed))
+    _see_cluster(kw_index)
     crs = _crs(kw_index, namespace, override=record)
     outcomes = ctl.reconcile_namespace(namespace, workloads, crs, only_for=record)
     errors = [o.error for o in outcomes if o.error]
@@ -174,6 +180,7 @@ def _on_workload(kind: WorkloadKind, body: Any, type: Optional[str], namespace: 
     if type == "DELETED":
         return
     try:
+        _see_cluster(kw_index)
         out = controller().reconcile_workload(kind, _snapshot(body), _crs(kw_index, namespace))
         if out.error:
             log.warning(out.error)

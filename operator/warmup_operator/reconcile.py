@@ -72,6 +72,9 @@ class Controller:
         # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
         self.apply_errors: dict[tuple[str, str, str], str] = {}
         self._owners: dict[str, Optional[tuple[str, str, str]]] = {}  # uid -> its controller (immutable)
+        # Every KernelWarmup of the cluster (the handlers keep it current from their index);
+        # None: only the namespace's are known.
+        self.cluster_crs: Optional[list[CRRecord]] = None
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._locks_guard:
@@ -88,7 +91,7 @@ class Controller:
 
     def _decide(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Decision:
         d = decide(kind, obj, crs, default_bootstrap_image=self.bootstrap_image, policy=self.policy,
-                   namespace_labels=self._namespace_labels(obj, crs))
+                   namespace_labels=self._namespace_labels(obj, crs), cluster_crs=self.cluster_crs)
         if kind is LEADERWORKERSET and d.action == "inject":
             crd = self.kube.get_crd(LWS_CRD)
             if crd is None or not lists_are_keyed(crd):

@@ -271,3 +271,22 @@ def test_summaries_count_only_from_the_targets_own_pods(cluster, operator):
     status = get(cluster, "kernelwarmup", "warm-k", NS)["status"]
     assert status["lastWarmup"]["pod"] == real["metadata"]["name"] and status["lastWarmup"]["succeeded"] is True
     assert next(c for c in status["conditions"] if c["type"] == "Degraded")["status"] == "False"
+
+
+def test_one_cache_one_mount_path_cluster_wide(cluster, operator):
+    """Triton's group files hold absolute paths: a second KernelWarmup (another namespace)
+    mounting the same node folder elsewhere would make the two flip between warm and cold."""
+    cache = {"hostPath": {"path": "/var/cache/kernel-warmup"}}
+    other_ns = namespace(cluster, "trust-other")
+    apply(cluster, vllm_deployment("srv", other_ns, opt_in="first"))
+    apply(cluster, kernelwarmup("first", other_ns, targets={"names": ["srv"]}, cache={"mountPath": "/cache-a", **cache}))
+    wait_for("the first injection", lambda: names.ANN_HASH in (template_of(cluster, "srv", other_ns)["metadata"]
+                                                               .get("annotations") or {}))
+    before = victim(cluster, "victim-l", opt_in="warm-l")
+    apply(cluster, kernelwarmup("warm-l", NS, targets={"names": ["victim-l"]}, cache={"mountPath": "/cache-b", **cache}))
+    entry = refused(cluster, "warm-l", "victim-l", "CacheMountPathConflict")
+    assert "/cache-a" in entry["message"] and "trust-other/first" in entry["message"]
+    assert_unchanged(cluster, "victim-l", before)
+    apply(cluster, kernelwarmup("warm-l", NS, targets={"names": ["victim-l"]}, cache={"mountPath": "/cache-a", **cache}))
+    wait_for("injection at the same path", lambda: names.ANN_HASH in (template_of(cluster, "victim-l", NS)["metadata"]
+                                                                      .get("annotations") or {}))

@@ -162,3 +162,36 @@ def test_drift_with_the_hash_left_behind_is_reinjected():
     tspec["initContainers"] = [c for c in tspec["initContainers"] if c["name"] != names.WARMER_CONTAINER]
     d = decide(DEPLOYMENT, obj, [cr()])
     assert d.action == "inject" and d.error is None
+
+
+# --- item 10: one cache, one mount path --------------------------------------------------------
+
+
+def cache_cr(name, ns, created, mount, source):
+    s = {"targets": {"names": ["llm"]}, "model": {"configPath": "/m/config.json"}, "cache": {"mountPath": mount, **source}}
+    return CRRecord(name=name, namespace=ns, uid=name, created=created, spec=s)
+
+
+HP = {"hostPath": {"path": "/var/cache/kernel-warmup"}}
+
+
+@pytest.mark.parametrize("other_ns, other_source, refused", [
+    ("elsewhere", HP, True),  # a node folder is one cache cluster-wide
+    ("ns", {"persistentVolumeClaim": {"claimName": "c"}}, False),
+    ("elsewhere", {"emptyDir": {}}, False),
+])
+def test_a_cache_mounted_at_another_path_by_an_older_kernelwarmup_is_refused(other_ns, other_source, refused):
+    older = cache_cr("first", other_ns, "2026-01-01T00:00:00Z", "/cache-a", other_source)
+    newer = cache_cr("kw", "ns", "2026-02-01T00:00:00Z", "/cache-b", HP)
+    d = decide(DEPLOYMENT, workload("kw"), [newer], cluster_crs=[older, newer])
+    assert (d.error is not None and d.error.reason == "CacheMountPathConflict") == refused
+    if refused:
+        assert "/cache-a" in str(d.error) and "elsewhere/first" in str(d.error) and d.action == "none"
+
+
+def test_the_older_kernelwarmup_keeps_its_mount_path_and_a_same_path_peer_is_fine():
+    older = cache_cr("kw", "ns", "2026-01-01T00:00:00Z", "/cache-a", HP)
+    newer = cache_cr("second", "elsewhere", "2026-02-01T00:00:00Z", "/cache-b", HP)
+    assert decide(DEPLOYMENT, workload("kw"), [older], cluster_crs=[older, newer]).action == "inject"
+    same = cache_cr("third", "elsewhere", "2025-01-01T00:00:00Z", "/cache-a", HP)
+    assert decide(DEPLOYMENT, workload("kw"), [older], cluster_crs=[older, same]).action == "inject"

@@ -81,7 +81,10 @@ def apply_body(kind: WorkloadKind, name: str, namespace: str, template_fragments
 def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
            default_bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
            policy: trust.TrustPolicy = trust.TrustPolicy(),
-           namespace_labels: Optional[Mapping[str, str]] = None) -> Decision:
+           namespace_labels: Optional[Mapping[str, str]] = None,
+           cluster_crs: Optional[list[CRRecord]] = None) -> Decision:
+    """``cluster_crs``: every KernelWarmup of the cluster, for the one-mount-path-per-cache
+    check (default: ``crs``)."""
     name, namespace, labels = workload_meta(obj)
     tmpls = templates(kind, obj)
     base = dict(kind=kind.kind, name=name, namespace=namespace)
@@ -105,6 +108,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         conflicts = tuple(cr.name for cr, _ in allowed[1:])
         try:
             trust.check_spec(spec, policy, namespace, namespace_labels)
+            trust.check_cache_mount(owner, spec, _parsed_specs(crs if cluster_crs is None else cluster_crs))
         except trust.TrustError as exc:
             return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
         merged: dict = {}
@@ -141,6 +145,10 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         if cr.name in live_owners and isinstance(s, SpecInvalid):
             return Decision("none", **base, owner=cr.name)
     return _removal(kind, obj, tmpls, base)
+
+
+def _parsed_specs(crs: list[CRRecord]) -> list[tuple[CRRecord, KernelWarmupSpec]]:
+    return [(c, s) for c in crs if isinstance(s := c.parsed(), KernelWarmupSpec)]
 
 
 def _removal(kind: WorkloadKind, obj: Any, tmpls: list, base: dict) -> Decision:

@@ -122,3 +122,32 @@ def check_spec(spec: Any, policy: TrustPolicy, namespace: str, ns_labels: Option
     check_image(spec.container.image, policy)
     check_hostpath(spec.cache.source, policy)
     check_psa_hostpath(spec.cache.source, namespace, ns_labels or {})
+
+
+def cache_key(namespace: str, source: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
+    """One shared cache, cluster-wide: a node folder, or a namespace's PVC (emptyDir: none)."""
+    if "hostPath" in source:
+        return ("hostPath", str(source["hostPath"].get("path", "")))
+    if "persistentVolumeClaim" in source:
+        return ("persistentVolumeClaim", namespace, str(source["persistentVolumeClaim"].get("claimName", "")))
+    return None
+
+
+def check_cache_mount(cr: Any, spec: Any, peers: list[tuple[Any, Any]]) -> None:
+    """Triton's group files hold absolute paths: one cache mounted at two paths would flip
+    between warm and cold (each warmer rebuilding the other's entries). The oldest
+    KernelWarmup using a cache fixes its mount path; a newer one with another path is
+    refused. ``peers``: (CRRecord, KernelWarmupSpec) of every KernelWarmup in the cluster."""
+    key = cache_key(cr.namespace, spec.cache.source)
+    if key is None:
+        return
+    rank = (cr.created, cr.namespace, cr.name)
+    for other, ospec in peers:
+        if (other.namespace, other.name) == (cr.namespace, cr.name) or other.deleting:
+            continue
+        if (cache_key(other.namespace, ospec.cache.source) == key and ospec.cache.mount_path != spec.cache.mount_path
+                and (other.created, other.namespace, other.name) < rank):
+            raise TrustError("spec.cache.mountPath", f"{spec.cache.mount_path} differs from {ospec.cache.mount_path}, where "
+                             f"KernelWarmup {other.namespace}/{other.name} mounts the same cache ({key[0]} "
+                             f"{key[-1]}); Triton's cache holds absolute paths, so use {ospec.cache.mount_path}",
+                             "CacheMountPathConflict")
