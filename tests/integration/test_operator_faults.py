@@ -238,6 +238,14 @@ def test_real_422_echoing_a_secret_is_reported_without_it(cluster, crd, tmp_path
         assert "Unprocessable Entity" in log and "HF_TOKEN=<redacted>" in log  # useful, and redacted
         for text in [log, json.dumps(get_list(cluster, "events", ns)), json.dumps(get(cluster, "kernelwarmup", "kw", ns))]:
             assert TOKEN not in text
+        # The status and an Event say so (issue 11, item 9), still without the secret.
+        target = wait_for("ApplyFailed in the status", lambda: next(
+            (t for t in ((get(cluster, "kernelwarmup", "kw", ns) or {}).get("status") or {}).get("targets") or []
+             if t.get("reason") == "ApplyFailed"), None))
+        assert not target["injected"] and "Unprocessable" in target["message"] and TOKEN not in target["message"]
+        degraded = next(c for c in get(cluster, "kernelwarmup", "kw", ns)["status"]["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "InjectionFailed"
+        assert [e for e in get_list(cluster, "events", ns) if e.get("reason") == "ApplyFailed"]
         # 422 is not retried in a loop: one attempt per reconcile (CR handler, resync), not a burst
         attempts = log.count("inject Deployment/llm failed") - log.count("resync of") - log.count("failed temporarily")
         assert attempts <= 2 * elapsed / RESYNC_S + 5, (attempts, elapsed)

@@ -290,3 +290,22 @@ def test_one_cache_one_mount_path_cluster_wide(cluster, operator):
     apply(cluster, kernelwarmup("warm-l", NS, targets={"names": ["victim-l"]}, cache={"mountPath": "/cache-a", **cache}))
     wait_for("injection at the same path", lambda: names.ANN_HASH in (template_of(cluster, "victim-l", NS)["metadata"]
                                                                       .get("annotations") or {}))
+
+
+def test_a_workload_whose_pods_cannot_be_created_is_reported(cluster, operator):
+    """FailedCreate (issue 11, item 9): Pod Security `baseline` refuses the privileged
+    server's Pods; the injection is in place but nothing will ever warm, and the status says why."""
+    ns = namespace(cluster, "trust-failedcreate")
+    cluster.kubectl_run("label", "namespace", ns, "pod-security.kubernetes.io/enforce=baseline", "--overwrite")
+    dep = vllm_deployment("srv", ns, opt_in="warm-m")
+    dep["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    apply(cluster, dep)
+    apply(cluster, kernelwarmup("warm-m", ns, targets={"names": ["srv"]}))
+    entry = wait_for("FailedCreate in the status", lambda: next(
+        (t for t in ((get(cluster, "kernelwarmup", "warm-m", ns) or {}).get("status") or {}).get("targets") or []
+         if t.get("reason") == "FailedCreate"), None), timeout_s=90)
+    assert entry["injected"] and "PodSecurity" in entry["message"]
+    degraded = next(c for c in get(cluster, "kernelwarmup", "warm-m", ns)["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "FailedCreate"
+    assert [e for e in get_list(cluster, "events", ns) if e.get("reason") == "FailedCreate"
+            and e["involvedObject"]["name"] == "warm-m"]
