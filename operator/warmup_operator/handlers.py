@@ -210,10 +210,13 @@ register_kinds()
 
 
 @kopf.on.event("", "v1", "pods", annotations={names.ANN_INJECTED_BY: kopf.PRESENT})
-def pod_event(body: Any, namespace: str, kw_index: Any, **_: Any) -> None:
-    """Count each finished warmup once and tell the KernelWarmup about it."""
+def pod_event(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None:
+    """Count each finished warmup once and tell the KernelWarmup about it (only a Pod a
+    target workload controls, with its current hash: others are no warmup of ours)."""
     obs = observe_pod(dict(body))
-    if obs is None or not metrics.observe_warmup(obs.key, obs.succeeded, obs.seconds):
+    if obs is None or not controller().accepted_warmups([obs], [o for _, o in _workloads(namespace, indexes)]):
+        return
+    if not metrics.observe_warmup(obs.key, obs.succeeded, obs.seconds):
         return
     cr = next((c for c in kw_index.get(namespace, []) if c.name == obs.cr), None)
     if cr is None:

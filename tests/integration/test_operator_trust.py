@@ -271,6 +271,8 @@ def test_summaries_count_only_from_the_targets_own_pods(cluster, operator):
     status = get(cluster, "kernelwarmup", "warm-k", NS)["status"]
     assert status["lastWarmup"]["pod"] == real["metadata"]["name"] and status["lastWarmup"]["succeeded"] is True
     assert next(c for c in status["conditions"] if c["type"] == "Degraded")["status"] == "False"
+    assert events_for(cluster, "warm-k", "WarmupSucceeded")  # the real one is announced
+    assert not [e for e in events_for(cluster, "warm-k", "WarmupFailed") if "forged" in e.get("message", "")]
 
 
 def test_one_cache_one_mount_path_cluster_wide(cluster, operator):
