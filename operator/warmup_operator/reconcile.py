@@ -169,33 +169,36 @@ class Controller:
         states = []
         for kind, obj in workloads:
             meta = obj.get("metadata") or {}
-            if meta.get("namespace") != cr.namespace or not concerns(cr, kind, obj):
-                continue
-            d = self._decide(kind, obj, crs)
-            st = obj.get("status") or {}
-            replicas, ready = int(st.get("replicas") or 0), int(st.get("readyReplicas") or 0)
-            failed = self.apply_errors.get((kind.kind, cr.namespace, d.name))
-            if d.owner == cr.name and failed and d.action != "none":
-                states.append(TargetState(kind.kind, d.name, injected=False, hash=d.hash or "", replicas=replicas,
-                                          ready_replicas=ready, message=failed, reason="ApplyFailed"))
-            elif d.owner == cr.name:
-                msg = d.error.__str__() if d.error else "; ".join(d.warnings)
-                reason = getattr(d.error, "reason", "InjectionFailed") if d.error else ""
-                injected = d.action == "none" and d.error is None
-                if injected and not msg:  # an admission refusal's words could quote the template's env
-                    msg, reason = replica_failure(st)
-                    msg = redact(msg, env_literals(kind, obj))
-                states.append(TargetState(kind.kind, d.name, injected=injected, hash=d.hash or "", replicas=replicas,
-                                          ready_replicas=ready, message=msg, reason=reason,
-                                          engine=d.engine))
-            elif cr.name in d.conflicts:
-                states.append(TargetState(kind.kind, d.name, injected=False, replicas=replicas, ready_replicas=ready,
-                                          message=f"also selected by KernelWarmup {d.owner} (older); this one is ignored"))
-            elif _owner_of(obj, kind) != cr.name:  # selected, but the workload opted into another one (or none)
-                refused = not_opted_in(kind.kind, d.name, cr.name, meta)
-                states.append(TargetState(kind.kind, d.name, injected=False, replicas=replicas, ready_replicas=ready,
-                                          message=str(refused), reason=refused.reason))
+            if meta.get("namespace") == cr.namespace and concerns(cr, kind, obj):
+                state = self._target_state(cr, kind, obj, crs)
+                if state is not None:
+                    states.append(state)
         return states
+
+    def _target_state(self, cr: CRRecord, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Optional[TargetState]:
+        """This workload as ``cr``'s status reports it (None: not its business)."""
+        d = self._decide(kind, obj, crs)
+        st = obj.get("status") or {}
+        counts = dict(replicas=int(st.get("replicas") or 0), ready_replicas=int(st.get("readyReplicas") or 0))
+        failed = self.apply_errors.get((kind.kind, cr.namespace, d.name))
+        if d.owner == cr.name and failed and d.action != "none":
+            return TargetState(kind.kind, d.name, False, d.hash or "", message=failed, reason="ApplyFailed", **counts)
+        if d.owner == cr.name:
+            msg = str(d.error) if d.error else "; ".join(d.warnings)
+            reason = getattr(d.error, "reason", "InjectionFailed") if d.error else ""
+            injected = d.action == "none" and d.error is None
+            if injected and not msg:  # an admission refusal's words could quote the template's env
+                msg, reason = replica_failure(st)
+                msg = redact(msg, env_literals(kind, obj))
+            return TargetState(kind.kind, d.name, injected, d.hash or "", message=msg, reason=reason, engine=d.engine,
+                               **counts)
+        if cr.name in d.conflicts:
+            return TargetState(kind.kind, d.name, False, message=f"also selected by KernelWarmup {d.owner} (older); "
+                               "this one is ignored", **counts)
+        if _owner_of(obj, kind) != cr.name:  # selected, but the workload opted into another one (or none)
+            refused = not_opted_in(kind.kind, d.name, cr.name, obj.get("metadata") or {})
+            return TargetState(kind.kind, d.name, False, message=str(refused), reason=refused.reason, **counts)
+        return None
 
     def refresh_status(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]], crs: list[CRRecord],
                        warmups: list[WarmupObservation], previous: Optional[dict], spec_error: str = "") -> dict:
