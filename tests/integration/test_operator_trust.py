@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.reliability]
 RESYNC_S = 1.0
 NS = "trust"
 ALLOWED_IMAGE = "registry.local/allowed/warmer:1"
+SHARED = "/var/cache/kw-shared"  # a node folder only test_one_cache_one_mount_path_cluster_wide uses
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def operator(cluster, tmp_path_factory):
     namespace(cluster, NS)
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
                            resync_seconds=RESYNC_S, bootstrap_image="registry.local/kernel-warmup:test",
-                           extra_args=("--allow-warmer-image=registry.local/allowed/*",))
+                           extra_args=("--allow-warmer-image=registry.local/allowed/*",
+                                       "--allow-hostpath=/var/cache/kernel-warmup", f"--allow-hostpath={SHARED}"))
     proc.start()
     yield proc
     proc.stop()
@@ -278,7 +280,7 @@ def test_summaries_count_only_from_the_targets_own_pods(cluster, operator):
 def test_one_cache_one_mount_path_cluster_wide(cluster, operator):
     """Triton's group files hold absolute paths: a second KernelWarmup (another namespace)
     mounting the same node folder elsewhere would make the two flip between warm and cold."""
-    cache = {"hostPath": {"path": "/var/cache/kernel-warmup"}}
+    cache = {"hostPath": {"path": SHARED}}  # other tests' KernelWarmups use the default folder
     other_ns = namespace(cluster, "trust-other")
     apply(cluster, vllm_deployment("srv", other_ns, opt_in="first"))
     apply(cluster, kernelwarmup("first", other_ns, targets={"names": ["srv"]}, cache={"mountPath": "/cache-a", **cache}))
