@@ -4,29 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from support.workloads import container, spec_doc, template
 
 from warmup_operator.core.decide import CRRecord
 from warmup_operator.core.kinds import DEPLOYMENT
 
 pytestmark = pytest.mark.reliability
-
-
-def spec_doc(**over):
-    base = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/models/m/config.json"}}
-    base.update(over)
-    return base
-
-
-def container(name="vllm", gpus=1, **extra):
-    c = {"name": name, "image": "vllm/vllm-openai:v0.11.0", "args": ["--model", "/models/m"]}
-    if gpus:
-        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
-    c.update(extra)
-    return c
-
-
-def template(*containers, **spec_extra):
-    return {"metadata": {"labels": {"app": "vllm"}}, "spec": {"containers": list(containers), **spec_extra}}
 
 
 def test_selector_matching_a_non_gpu_workload_is_reported_not_injected():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.workloads import container, spec_doc, template
 
 from kernel_warmer.cli import build_parser, spec_from_args
 from kernel_warmer.spec import SPEC_ENV, WarmerSpec
@@ -16,24 +17,6 @@ from warmup_operator.core.inject import build_injection
 from warmup_operator.core.kernelwarmup import parse_spec
 
 pytestmark = pytest.mark.reliability
-
-
-def spec_doc(**over):
-    base = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/models/m/config.json"}}
-    base.update(over)
-    return base
-
-
-def container(name="vllm", gpus=1, **extra):
-    c = {"name": name, "image": "vllm/vllm-openai:v0.11.0", "args": ["--model", "/models/m"]}
-    if gpus:
-        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
-    c.update(extra)
-    return c
-
-
-def template(*containers, **spec_extra):
-    return {"metadata": {"labels": {"app": "vllm"}}, "spec": {"containers": list(containers), **spec_extra}}
 
 
 def by_name(items, name):

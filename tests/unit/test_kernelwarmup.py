@@ -4,16 +4,11 @@ bypassed by a CR stored before a schema change)."""
 from __future__ import annotations
 
 import pytest
+from support.workloads import spec_doc
 
 from warmup_operator.core.kernelwarmup import SpecInvalid, parse_spec
 
 pytestmark = pytest.mark.reliability
-
-
-def spec_doc(**over):
-    base = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/models/m/config.json"}}
-    base.update(over)
-    return base
 
 
 HOSTILE_CONTAINER = [

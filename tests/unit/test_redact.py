@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+from support.workloads import container, spec_doc, template
 
 from warmup_operator.core.decide import CRRecord
 from warmup_operator.core.kinds import DEPLOYMENT
@@ -14,24 +15,6 @@ from warmup_operator.reconcile import Controller
 from warmup_operator.redact import REDACTED, env_literals, redact
 
 pytestmark = pytest.mark.reliability
-
-
-def spec_doc(**over):
-    base = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/models/m/config.json"}}
-    base.update(over)
-    return base
-
-
-def container(name="vllm", gpus=1, **extra):
-    c = {"name": name, "image": "vllm/vllm-openai:v0.11.0", "args": ["--model", "/models/m"]}
-    if gpus:
-        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
-    c.update(extra)
-    return c
-
-
-def template(*containers, **spec_extra):
-    return {"metadata": {"labels": {"app": "vllm"}}, "spec": {"containers": list(containers), **spec_extra}}
 
 
 TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
