@@ -19,10 +19,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "devcluster"))
+import heartbeat  # noqa: E402  (stdlib-only helper shared with devcluster.py)
 
 
 def cache_root() -> Path:
@@ -50,6 +53,28 @@ def requirements(extra: str) -> list[str]:
     return sorted(set(out))
 
 
+def say(msg: str) -> None:
+    print(f"setup_env: {msg}", flush=True)
+
+
+def install_isolated(reqs: list[str], target: Path) -> None:
+    """pip install ``reqs`` into the folder ``target``, run by the pip of a fresh venv that
+    sees no other packages. pip --target checks the result for conflicts against the
+    environment of the interpreter that runs it: run by the system's python3, it reports
+    every system package whose pins disagree with ours (awscli vs docutils, ...), which has
+    nothing to do with this project. An empty venv has nothing to disagree with."""
+    with tempfile.TemporaryDirectory(prefix="kw-pip-") as tmp:
+        installer = Path(tmp) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(installer)], check=True)
+        # PYTHONPATH would put other packages back in front of that pip's conflict check.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        heartbeat.run(
+            [str(installer / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             "--target", str(target), *reqs],
+            f"Installing {len(reqs)} requirements with pip", env=env, say=say,
+        )
+
+
 def ensure_deps(reqs: list[str]) -> Path:
     key = hashlib.sha256("\n".join([sys.version.split()[0], *reqs]).encode()).hexdigest()[:16]
     target = cache_root() / "pydeps" / key
@@ -57,11 +82,9 @@ def ensure_deps(reqs: list[str]) -> Path:
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"setup_env: installing {len(reqs)} requirements into {target} (first time only)", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", str(tmp), *reqs],
-        check=True,
-    )
+    say(f"first run: {len(reqs)} pinned requirements (torch, triton, kopf, ...; ~5 GB) go into {target}; "
+        "later runs and other clones reuse them")
+    install_isolated(reqs, tmp)
     (tmp / ".complete").write_text("\n".join(reqs) + "\n")
     if target.exists():
         shutil.rmtree(target)
@@ -86,12 +109,11 @@ def main() -> int:
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     (Path(purelib) / "kernel_warmup_deps.pth").write_text(f"{deps}\n")
-    subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "-e", str(ROOT)],
-        check=True,
+    heartbeat.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "-e", str(ROOT)],
+        f"Installing this project (editable, no dependencies) into {venv}", say=say,
     )
-    print(f"setup_env: {venv} ready (deps from {deps})", flush=True)
+    say(f"{venv} ready (deps from {deps})")
     return 0
 
 
