@@ -13,6 +13,20 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
 
 
+def running_operator(cluster, tmp_path_factory, **kwargs):
+    """A module's operator on the test control plane (CRD installed first); its log tail is
+    printed when the module ends. Use as a generator fixture: ``yield from``."""
+    from operator_process import OperatorProcess
+
+    install_crd(cluster)
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
+                           bootstrap_image="registry.local/kernel-warmup:test", **kwargs)
+    proc.start()
+    yield proc
+    proc.stop()
+    print("---- operator log (tail) ----\n" + proc.log_tail(80))
+
+
 def install_crd(cluster) -> None:
     cluster.kubectl_run("apply", "-f", str(CRD))
     cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", "crd/kernelwarmups.kernelwarmup.dev")

@@ -7,12 +7,11 @@ import json
 import time
 
 import pytest
-from operator_process import OperatorProcess
 from operator_support import (
+    running_operator,
     apply,
     get,
     get_list,
-    install_crd,
     kernelwarmup,
     namespace,
     replicasets,
@@ -29,13 +28,7 @@ RESYNC_S = 1.0
 
 @pytest.fixture(scope="module")
 def operator(cluster, tmp_path_factory):
-    install_crd(cluster)
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
-                           resync_seconds=RESYNC_S, bootstrap_image="registry.local/kernel-warmup:test")
-    proc.start()
-    yield proc
-    proc.stop()
-    print("---- operator log (tail) ----\n" + proc.log_tail(80))
+    yield from running_operator(cluster, tmp_path_factory, resync_seconds=RESYNC_S)
 
 
 def annotations(t: dict) -> dict:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from operator_process import OperatorProcess
-from operator_support import apply, get, get_list, install_crd, kernelwarmup, namespace, vllm_deployment, wait_for
+from operator_support import running_operator, apply, get, get_list, kernelwarmup, namespace, vllm_deployment, wait_for
 
 from warmup_operator.core import names
 
@@ -18,13 +17,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def operator(cluster, tmp_path_factory):
-    install_crd(cluster)
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
-                           resync_seconds=1.0, bootstrap_image="registry.local/kernel-warmup:test")
-    proc.start()
-    yield proc
-    proc.stop()
-    print("---- operator log (tail) ----\n" + proc.log_tail(80))
+    yield from running_operator(cluster, tmp_path_factory, resync_seconds=1.0)
 
 
 def serving_deployment(name: str, ns: str, args: list[str]) -> dict:
