@@ -53,6 +53,13 @@ LINEAR_BACKENDS = (
     "torch", "aiter", "machete", "fbgemm", "conch", "exllama", "emulation", "xpu", "xpu_woq",
 )
 RUNNERS = ("auto", "generate", "pooling", "draft")
+# Environment variables vLLM 0.33 reads that decide a FlashInfer kernel (vllm/envs.py, both
+# ``bool(int(os.getenv(name, "1")))``): FP8 block-scale dense layers on Hopper run
+# FlashInfer's fp8_blockscale_gemm_sm90 for M < 32 only while both are on.
+ENV_FIELDS = {
+    "VLLM_USE_DEEP_GEMM": "engine.deepGemm",
+    "VLLM_BLOCKSCALE_FP8_GEMM_FLASHINFER": "engine.flashinferBlockscaleFp8Gemm",
+}
 # Environment variables earlier vLLM releases read and 0.33 does not (vllm/envs.py).
 REMOVED_ENV = {
     "VLLM_ATTENTION_BACKEND": "--attention-backend",
@@ -318,9 +325,28 @@ def parse_serve(command: Sequence[str] = (), args: Sequence[str] = (),
     for name, instead in REMOVED_ENV.items():
         if env and name in env:
             notes.append(f"env {name} is not read by vLLM {VLLM_VERSIONS[-1]}; it uses {instead}")
+    _apply_env(values, sources, notes, env or {})
     model = values.pop("model", None)
     sources.pop("model", None)
     return ServeCommand(values, sources, tuple(notes), model)
+
+
+def _apply_env(values: dict[str, Any], sources: dict[str, str], notes: list[str],
+               env: Mapping[str, Optional[str]]) -> None:
+    """The env switches in ENV_FIELDS, parsed as vLLM parses them (``bool(int(value))``)."""
+    for name, path in ENV_FIELDS.items():
+        if name not in env:
+            continue
+        value = env[name]
+        if value is None:
+            notes.append(f"env {name} is set from valueFrom and was not read; set {path} in the KernelWarmup")
+            continue
+        try:
+            values[path] = bool(int(value.strip()))
+        except ValueError:
+            raise EngineArgError(f"env {name}", f"vLLM reads it as bool(int(value)) and would fail on {value!r}; "
+                                                "use 0 or 1") from None
+        sources[path] = f"env {name}"
 
 
 def get_path(data: Mapping[str, Any], path: str) -> Any:
@@ -333,8 +359,8 @@ def get_path(data: Mapping[str, Any], path: str) -> Any:
 
 def command_paths() -> set[str]:
     """Every spec field a serving command can set."""
-    return ({p for p, _ in VALUE_FLAGS.values()} | {p for p, _ in BOOL_FLAGS.values()} | {"engine.bidirectional"}) \
-        - {"model", "optimization_level"}
+    return ({p for p, _ in VALUE_FLAGS.values()} | {p for p, _ in BOOL_FLAGS.values()} | {"engine.bidirectional"}
+            | set(ENV_FIELDS.values())) - {"model", "optimization_level"}
 
 
 def merge_into_spec(spec: Mapping[str, Any], serve: Optional[ServeCommand]) -> tuple[dict[str, Any], list[Conflict]]:

@@ -116,6 +116,9 @@ class EngineSection:
     # --hf-overrides '{"is_causal": false}': text layers run bidirectionally
     bidirectional: bool = False
     data_parallel_size: int = 1
+    # env VLLM_USE_DEEP_GEMM and VLLM_BLOCKSCALE_FP8_GEMM_FLASHINFER (both on by default)
+    deep_gemm: bool = True
+    flashinfer_blockscale_fp8_gemm: bool = True
 
     def __post_init__(self) -> None:
         if self.data_parallel_size < 1:

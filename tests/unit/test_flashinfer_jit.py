@@ -167,7 +167,7 @@ def test_prebuilt_kernels_mean_nothing_is_built(tmp_path, monkeypatch):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(jit, "build_modules", lambda *a, **k: pytest.fail("built despite prebuilt kernels"))
+    monkeypatch.setattr(jit, "build_all", lambda *a, **k: pytest.fail("built despite prebuilt kernels"))
     said: list[str] = []
     report = prepare_jit([MOE], 90, tmp_path / "jit", 60.0, said.append)
     assert report.prebuilt.startswith("flashinfer-jit-cache") and report.modules_built == []
@@ -177,7 +177,7 @@ def test_prebuilt_kernels_mean_nothing_is_built(tmp_path, monkeypatch):
 def test_prepare_jit_sizes_the_build_and_builds_the_moe_module(tmp_path, monkeypatch):
     monkeypatch.delenv("MAX_JOBS", raising=False)
     built: list[str] = []
-    monkeypatch.setattr(jit, "build_modules", lambda mods, *a, **k: built.extend(m.name for m in mods) or 12.5)
+    monkeypatch.setattr(jit, "build_all", lambda mods, *a, **k: (built.extend(m.name for m in mods), (12.5, 0))[1])
     said: list[str] = []
     report = prepare_jit([MOE], 90, tmp_path / "jit", 60.0, said.append)
     assert built == ["fused_moe_90"] and report.seconds == 12.5

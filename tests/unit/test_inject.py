@@ -93,6 +93,8 @@ def test_injection_table(case_id, tmpl, over, want_env):
     # FlashInfer's JIT workspace: the same folder on the volume for the server and the warmer
     warmer_env = env_of(by_name(out["spec"]["initContainers"], names.WARMER_CONTAINER))
     assert env[names.ENV_FLASHINFER_JIT] == warmer_env[names.ENV_FLASHINFER_JIT] == f"{mount}/flashinfer-jit"
+    # and FlashInfer's DeepGEMM kernels (FP8 block-scale GEMM), also compiled on first use
+    assert env[names.ENV_DEEPGEMM_CACHE] == warmer_env[names.ENV_DEEPGEMM_CACHE] == f"{mount}/flashinfer-jit/deepgemm"
     # Init containers: the user's first (kept as they were), ours last, in order.
     inits = out["spec"]["initContainers"]
     assert [c["name"] for c in inits][-2:] == list(names.INIT_CONTAINERS)

@@ -47,6 +47,7 @@ def test_cache_env():
         {"name": names.ENV_FLASHINFER_DIR, "value": "/c/flashinfer"},
         {"name": names.ENV_CACHE_ROOT, "value": "/c"},
         {"name": names.ENV_FLASHINFER_JIT, "value": "/c/flashinfer-jit"},
+        {"name": names.ENV_DEEPGEMM_CACHE, "value": "/c/flashinfer-jit/deepgemm"},
     ]
 
 
@@ -68,7 +69,7 @@ def test_literal_pythonpath(env, want):
 def test_serving_env(env, site, want_pp, warns):
     cache = inject.cache_env("/c")
     out, warnings = inject.serving_env(serving(env=env) if env else serving(), cache, site)
-    assert out[:4] == cache
+    assert out[:len(cache)] == cache
     assert {e["name"]: e["value"] for e in out}.get("PYTHONPATH") == want_pp
     assert bool(warnings) == warns
 
@@ -82,7 +83,7 @@ def test_warmer_env(env, want_pp, kept):
     out = inject.warmer_env(serving(env=env) if env else serving(), inject.cache_env("/c"), '{"s": 1}')
     names_ = [e["name"] for e in out]
     assert names_ == [*kept, names.ENV_TRITON_CACHE, names.ENV_FLASHINFER_DIR, names.ENV_CACHE_ROOT,
-                      names.ENV_FLASHINFER_JIT, "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", SPEC_ENV]
+                      names.ENV_FLASHINFER_JIT, names.ENV_DEEPGEMM_CACHE, "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", SPEC_ENV]
     values = {e["name"]: e.get("value") for e in out}
     assert values["PYTHONPATH"] == want_pp and values[SPEC_ENV] == '{"s": 1}'
 

@@ -5,6 +5,8 @@ Layout (DESIGN.md):
     <root>/flashinfer/<env-key>/      autotune files
     <root>/flashinfer-jit/            FLASHINFER_WORKSPACE_BASE: FlashInfer's JIT builds
                                       (.cache/flashinfer/<version>/<arch>/cached_ops/<module>/)
+    <root>/flashinfer-jit/deepgemm/   TRTLLM_DG_CACHE_DIR: the DeepGEMM kernels FlashInfer's
+                                      FP8 block-scale GEMM compiles with nvcc (cache/<kernel>/)
     <root>/manifests/<key>.json       written last; what was warmed, with checksums
     <root>/.lock                      flock held while a warmer writes
 
@@ -33,6 +35,7 @@ class CacheLayout:
     FLASHINFER = "flashinfer"
     MANIFESTS = "manifests"
     FLASHINFER_JIT = "flashinfer-jit"
+    DEEPGEMM = "flashinfer-jit/deepgemm"
 
     @staticmethod
     def sub_path(mount: str, sub: str) -> str:
@@ -50,6 +53,11 @@ class CacheLayout:
     def flashinfer_jit_dir(self) -> Path:
         """FLASHINFER_WORKSPACE_BASE for the warmer and the server: what one builds, the other loads."""
         return self.root / self.FLASHINFER_JIT
+
+    @property
+    def deepgemm_dir(self) -> Path:
+        """TRTLLM_DG_CACHE_DIR for the warmer and the server (FlashInfer's DeepGEMM kernels)."""
+        return self.root / self.DEEPGEMM
 
     @property
     def manifests_dir(self) -> Path:

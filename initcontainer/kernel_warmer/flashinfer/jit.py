@@ -11,6 +11,13 @@ under a deadline, and the list of modules the manifest checks (FlashInfer 0.6.18
 - A ``.so`` existing is what makes FlashInfer (and ninja) treat a module as built, so a
   build killed at the deadline must not leave one: ninja is stopped (SIGTERM lets it
   remove the outputs of interrupted commands), then the module's ``.so`` is deleted.
+- FlashInfer's FP8 block-scale GEMM (``fp8_blockscale_gemm_sm90``) also compiles a DeepGEMM
+  kernel with nvcc per shape and M-dependent block config on first use, into
+  ``$TRTLLM_DG_CACHE_DIR/cache/<kernel>/nvcc_kernel.cubin`` (default ``$HOME/.tensorrt_llm``;
+  deep_gemm/compiler.cuh, runtime.cuh): the operator points it at ``<mount>/flashinfer-jit/
+  deepgemm`` too, and the warmer compiles them by calling the op (``jitcalls.py``). The
+  cubin is written to a temporary folder and renamed into place, so a killed compile
+  leaves nothing that loads.
 - With ``flashinfer-jit-cache`` (or ``flashinfer-cubin``) installed, FlashInfer loads
   prebuilt kernels (jit/env.py ``FLASHINFER_AOT_DIR``/``FLASHINFER_CUBIN_DIR``): the warmer
   builds nothing and says so.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import importlib.util
 import os
 import signal
@@ -36,9 +44,11 @@ from typing import Callable, Iterator, Optional
 
 from kernel_warmer.files import file_lock
 from kernel_warmer.heartbeat import Heartbeat
-from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
+from kernel_warmer.plan.flashinfer import FP8_BLOCK_OP, MOE_OP, AutoTuneOp, JitCall
 
 ENV_BASE = "FLASHINFER_WORKSPACE_BASE"
+ENV_DEEPGEMM = "TRTLLM_DG_CACHE_DIR"
+DEEPGEMM_KERNEL = "nvcc_kernel.cubin"  # deep_gemm/runtime.cuh kKernelName (FlashInfer always uses nvcc)
 PREBUILT_PACKAGES = {"flashinfer_jit_cache": "flashinfer-jit-cache", "flashinfer_cubin": "flashinfer-cubin"}
 CACHED_OPS_GLOB = ".cache/flashinfer/*/*/cached_ops"
 STOP_GRACE_S = 10.0
@@ -65,10 +75,11 @@ class JitReport:
     modules_built: list[str] = field(default_factory=list)
     prebuilt: Optional[str] = None
     jobs: str = ""
+    kernels_compiled: int = 0  # DeepGEMM kernels the planned JIT calls compiled
 
     def to_dict(self) -> dict:
         return {"seconds": round(self.seconds, 3), "modules_built": self.modules_built,
-                "prebuilt": self.prebuilt, "jobs": self.jobs}
+                "prebuilt": self.prebuilt, "jobs": self.jobs, "kernels_compiled": self.kernels_compiled}
 
 
 def prebuilt_packages() -> Optional[str]:
@@ -90,6 +101,24 @@ def ensure_workspace(default: Path, environ: Optional[dict] = None) -> Path:
     if not env.get(ENV_BASE):
         env[ENV_BASE] = str(default)
     return Path(env[ENV_BASE])
+
+
+def ensure_deepgemm_cache(default: Path, environ: Optional[dict] = None) -> Path:
+    """TRTLLM_DG_CACHE_DIR: the operator's value, else ``default`` (for every child)."""
+    env = os.environ if environ is None else environ
+    if not env.get(ENV_DEEPGEMM):
+        env[ENV_DEEPGEMM] = str(default)
+    return Path(env[ENV_DEEPGEMM])
+
+
+def deepgemm_dir(workspace: Path) -> Path:
+    """Where the DeepGEMM kernels go: TRTLLM_DG_CACHE_DIR, else beside the JIT modules."""
+    return Path(os.environ.get(ENV_DEEPGEMM) or workspace / "deepgemm")
+
+
+def deepgemm_kernels(dg_dir: Path) -> list[Path]:
+    """Every compiled DeepGEMM kernel: ``cache/<kernel>/nvcc_kernel.cubin``."""
+    return sorted((dg_dir / "cache").glob(f"*/{DEEPGEMM_KERNEL}")) if (dg_dir / "cache").is_dir() else []
 
 
 def cached_ops_dirs(base: Path) -> list[Path]:
@@ -143,14 +172,18 @@ def discard_partial(base: Path, name: str) -> list[Path]:
     return removed
 
 
-def modules_for(ops: list[AutoTuneOp], sm: int) -> list[JitModule]:
-    """The JIT modules the planned ops load, built before tuning so their time is apart.
-    Other modules (GEMM runners, the profiler's helpers) build lazily while tuning and are
-    found afterwards by ``built_since``."""
+def modules_for(ops: list[AutoTuneOp], sm: int, calls: tuple[JitCall, ...] = ()) -> list[JitModule]:
+    """The JIT modules the planned ops and calls load, built before tuning so their time is
+    apart. Other modules (GEMM runners, the profiler's helpers) build lazily while tuning and
+    are found afterwards by ``built_since``."""
     mods: dict[str, JitModule] = {}
     if any(op.op == MOE_OP for op in ops):
         code = "import sys; from flashinfer.fused_moe.core import get_cutlass_fused_moe_module as g; g(sys.argv[1])"
         mods[f"fused_moe_{sm}"] = JitModule(f"fused_moe_{sm}", [sys.executable, "-c", code, str(sm)])
+    if any(c.op == FP8_BLOCK_OP for c in calls):
+        # what get_fp8_blockscale_gemm_runner_sm90 builds (flashinfer/gemm/gemm_base.py:9091-9100)
+        code = "from flashinfer.jit.gemm import gen_fp8_blockscale_gemm_sm90_module as g; g().build_and_load()"
+        mods["fp8_blockscale_gemm_90"] = JitModule("fp8_blockscale_gemm_90", [sys.executable, "-c", code])
     return list(mods.values())
 
 
@@ -197,12 +230,46 @@ def build_module(mod: JitModule, base: Path, timeout_s: float, beat: Heartbeat, 
     return secs
 
 
+def compile_calls(calls: tuple[JitCall, ...], dg_dir: Path, timeout_s: float, beat: Heartbeat, log: Log) -> int:
+    """Call each planned op at its shapes in a child on GPU 0, so the kernels it compiles on
+    first use land in ``dg_dir``; returns how many were new. Raises JitTimeout / JitBuildError."""
+    before = set(deepgemm_kernels(dg_dir))
+    beat.update("DeepGEMM kernels", progress=lambda: f"{len(deepgemm_kernels(dg_dir))} kernel(s) in the cache")
+    argv = [sys.executable, "-m", "kernel_warmer.flashinfer.jitcalls", json.dumps([c.to_dict() for c in calls])]
+    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, ENV_DEEPGEMM: str(dg_dir)})
+    try:
+        output, _ = proc.communicate(timeout=max(timeout_s, 0.1))
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise JitTimeout(
+            f"compiling FlashInfer's {calls[0].op} kernels exceeded the warmer's timeout ({timeout_s:.0f}s left of "
+            f"spec.timeoutSeconds) with {len(set(deepgemm_kernels(dg_dir)) - before)} new kernel(s); each is renamed "
+            "into place when complete, so nothing half-built loads. Raise spec.timeoutSeconds") from None
+    if proc.returncode != 0:
+        tail = "\n".join((output or "").strip().splitlines()[-15:])
+        raise JitBuildError(f"calling FlashInfer's {calls[0].op} to compile its kernels failed (exit {proc.returncode}):\n{tail}")
+    new = len(set(deepgemm_kernels(dg_dir)) - before)
+    log(f"flashinfer jit: {len(calls)} {calls[0].op} shape(s) called at M < 32: {new} new DeepGEMM kernel(s) in {dg_dir}")
+    return new
+
+
 def build_modules(mods: list[JitModule], base: Path, timeout_s: float, log: Log,
                   interval_s: Optional[float] = None) -> float:
     """Build every module in turn under one deadline, with a heartbeat; returns seconds."""
+    return build_all(mods, (), base, None, timeout_s, log, interval_s)[0]
+
+
+def build_all(mods: list[JitModule], calls: tuple[JitCall, ...], base: Path, dg_dir: Optional[Path],
+              timeout_s: float, log: Log, interval_s: Optional[float] = None) -> tuple[float, int]:
+    """The modules, then the planned calls' kernels, under one deadline and one heartbeat;
+    returns (seconds, new DeepGEMM kernels)."""
     start = time.monotonic()
+    kernels = 0
     kwargs = {} if interval_s is None else {"interval_s": interval_s}
     with Heartbeat(log, "flashinfer jit", **kwargs) as beat:
         for mod in mods:
             build_module(mod, base, timeout_s - (time.monotonic() - start), beat, log)
-    return time.monotonic() - start
+        if calls and dg_dir is not None:
+            kernels = compile_calls(calls, dg_dir, timeout_s - (time.monotonic() - start), beat, log)
+    return time.monotonic() - start, kernels

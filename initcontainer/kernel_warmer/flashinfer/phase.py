@@ -25,7 +25,7 @@ from kernel_warmer.flashinfer.tune import (
     tune_ops,
 )
 from kernel_warmer.engine import default_max_num_batched_tokens
-from kernel_warmer.plan.flashinfer import AutoTuneOp, plan_ops
+from kernel_warmer.plan.flashinfer import AutoTuneOp, JitCall, plan_jit_calls, plan_ops
 
 
 @dataclass
@@ -103,6 +103,7 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     if not flashinfer_available():
         return {"status": "skipped: flashinfer not installed"}
     workspace = jit.ensure_workspace(layout.flashinfer_jit_dir)  # before any process imports FlashInfer
+    jit.ensure_deepgemm_cache(layout.deepgemm_dir)
     gpus = local_gpu_count()
     if gpus == 0:
         return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
@@ -110,8 +111,11 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     tokens = fi.max_num_batched_tokens or gpu_default_max_num_batched_tokens(sm)
     ops, skipped = plan_ops(arch, spec.tensor_parallel_size, tokens, fi.quantization, sm, spec.engine)
     quant = arch.quantization if fi.quantization == "auto" else fi.quantization
-    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped], "sm": sm, "gpus_in_pod": gpus,
-            "max_num_batched_tokens": tokens}
+    calls, call_skips = plan_jit_calls(arch, spec.tensor_parallel_size, fi.quantization, sm, spec.engine)
+    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped + call_skips], "sm": sm,
+            "gpus_in_pod": gpus, "max_num_batched_tokens": tokens, "jit_calls": [c.to_dict() for c in calls]}
+    if not ops and calls:
+        return compile_only(calls, sm, workspace, layout, float(spec.timeout_seconds), base, log)
     if not ops:
         why = skipped[0].reason if skipped else "the model has no layer FlashInfer tunes"
         return {"status": f"skipped: vLLM calls no autotuned FlashInfer op here ({why})", **base}
@@ -120,7 +124,8 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
                       produce_timeout_s=float(spec.timeout_seconds),
                       bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS)
     before = jit.library_state(workspace)
-    jit_report = prepare_jit(ops, sm, workspace, float(spec.timeout_seconds) - (time.monotonic() - t0), log)
+    jit_report = prepare_jit(ops, sm, workspace, float(spec.timeout_seconds) - (time.monotonic() - t0), log,
+                             tuple(calls))
     log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
     outcomes = run_local_workers(job, gpus, spec=spec.distributed,
                                  timeout_s=float(spec.distributed.timeout_seconds),
@@ -161,22 +166,39 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     }
 
 
+def compile_only(calls: list[JitCall], sm: Any, workspace: Path, layout: CacheLayout, timeout_s: float,
+                 base: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Nothing to tune, but kernels vLLM compiles on first use: build them on GPU 0 (every
+    rank of a pod shares the volume, and the kernels do not depend on the rank)."""
+    before = jit.library_state(workspace)
+    report = prepare_jit([], sm, workspace, timeout_s, log, tuple(calls))
+    report.modules_built = jit.built_since(before, workspace)
+    files = jit_files(workspace, layout, log)
+    return {**base, "status": "ok", "tuned": 0, "jit": report.to_dict(), "jit_seconds": round(report.seconds, 3),
+            "jit_modules_built": len(report.modules_built), "files": files}
+
+
 def prepare_jit(ops: list[AutoTuneOp], sm: Any, workspace: Path, timeout_s: float,
-                log: Callable[[str], None]) -> jit.JitReport:
-    """Size the build from the cgroup limits, then build the planned ops' modules into the
-    cache volume's workspace (nothing when FlashInfer ships prebuilt kernels here)."""
+                log: Callable[[str], None], calls: tuple[JitCall, ...] = ()) -> jit.JitReport:
+    """Size the build from the cgroup limits, then build the planned ops' and calls' modules
+    (and the calls' DeepGEMM kernels) into the cache volume (no modules when FlashInfer
+    ships prebuilt kernels here; the DeepGEMM kernels are compiled on first use either way)."""
     report = jit.JitReport(prebuilt=jit.prebuilt_packages())
     if report.prebuilt:
         log(f"flashinfer jit: prebuilt kernels from {report.prebuilt}: the warmer builds no module ahead of "
             "tuning (a module FlashInfer still builds while tuning is counted in modules_built)")
+        if calls:
+            report.seconds, report.kernels_compiled = jit.build_all([], calls, workspace, jit.deepgemm_dir(workspace),
+                                                                    timeout_s, log)
         return report
     jobs = plan_jobs()
     os.environ.update(jobs.env())  # the build child and the tuning workers inherit it
     report.jobs = jobs.why
     log(f"flashinfer jit: workspace {workspace}; {jobs.why}")
-    mods = jit.modules_for(ops, int(sm or 0))
-    if mods:
-        report.seconds = jit.build_modules(mods, workspace, timeout_s, log)
+    mods = jit.modules_for(ops, int(sm or 0), calls)
+    if mods or calls:
+        report.seconds, report.kernels_compiled = jit.build_all(mods, calls, workspace, jit.deepgemm_dir(workspace),
+                                                                timeout_s, log)
     return report
 
 
@@ -189,4 +211,6 @@ def jit_files(workspace: Path, layout: CacheLayout, log: Callable[[str], None]) 
         log(f"flashinfer jit: FLASHINFER_WORKSPACE_BASE={workspace} is outside the cache volume {root}: "
             "its modules are not in the manifest and the server rebuilds them unless it shares that folder")
         return []
-    return [{"path": str(p)} for p in libs]
+    kernels = jit.deepgemm_kernels(jit.deepgemm_dir(workspace))
+    kernels = [k for k in kernels if root in k.resolve().parents]
+    return [{"path": str(p)} for p in libs + kernels]

@@ -341,3 +341,74 @@ def _merged_linear_shapes(arch: ModelArch, tp: int, op: str) -> dict[tuple[str, 
     for layer, n, k in _linear_shapes(arch, tp):
         merged.setdefault((op, n, k), []).append(layer)
     return merged
+
+
+# --- FlashInfer kernels vLLM calls that compile on first use but are not autotuned --------
+
+FP8_BLOCK_OP = "fp8_blockscale_gemm_sm90"
+# vLLM sends M < 32 to FlashInfer's swap-AB kernel and M >= 32 to DeepGEMM
+# (vllm/model_executor/kernels/linear/scaled_mm/flashinfer.py:230-280, torch.cond on M)
+FP8_BLOCK_M_BELOW = 32
+# DeepGEMM's N/K alignment, which vLLM checks before choosing the kernel (flashinfer.py:230-251)
+FP8_BLOCK_N_MULTIPLE, FP8_BLOCK_K_MULTIPLE = 64, 128
+
+
+@dataclass(frozen=True)
+class JitCall:
+    """A FlashInfer op the server calls with this (n, k) at each of ``m_values``: nothing to
+    tune, but its module and its per-shape DeepGEMM kernels compile on the first call."""
+
+    op: str
+    n: int
+    k: int
+    m_values: tuple[int, ...]
+    layer: str
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "n": self.n, "k": self.k, "m_values": list(self.m_values), "layer": self.layer}
+
+
+def _fp8_block_dense_off(arch: ModelArch, quant: str, sm: int, engine: EngineSection) -> Optional[str]:
+    """Why vLLM does not run FlashInfer's FP8 block-scale GEMM here (None: it does).
+    vLLM 0.33 tries FlashInferFp8DeepGEMMDynamicBlockScaledKernel first for block-scaled FP8
+    on CUDA (kernels/linear/__init__.py:498-509); it needs FlashInfer's SM90 kernel
+    (utils/flashinfer.py:1187-1202) and DeepGEMM, which the vLLM wheel vendors
+    (vllm.third_party.deep_gemm, utils/import_utils.py:512-519)."""
+    if not (quant == "fp8" and arch.fp8_block_scaled):
+        return "not an FP8 block-scale model"
+    if sm != HOPPER:
+        return f"FlashInfer's fp8_blockscale_gemm_sm90 runs on SM90 only (this GPU: SM{sm})"
+    if not engine.flashinfer_blockscale_fp8_gemm:
+        return "VLLM_BLOCKSCALE_FP8_GEMM_FLASHINFER=0 in the serving container: vLLM runs DeepGEMM or CUTLASS"
+    if not engine.deep_gemm:
+        return "VLLM_USE_DEEP_GEMM=0 in the serving container: vLLM runs CUTLASS block-scale GEMMs"
+    if arch.dtype != "bfloat16":
+        return f"the model runs in {arch.dtype}; vLLM uses FlashInfer's FP8 block-scale GEMM for bfloat16 only"
+    return None
+
+
+def plan_jit_calls(arch: ModelArch, tensor_parallel_size: int, quantization: str, sm: Optional[int],
+                   engine: Optional[EngineSection] = None) -> tuple[list[JitCall], list[SkippedOp]]:
+    """The non-autotuned FlashInfer calls whose kernels vLLM compiles on first use, with the
+    per-rank shapes it calls them at (``sm=None``: Hopper assumed). Today: FP8 block-scale
+    dense layers on Hopper, every M below 32 (each M may pick its own DeepGEMM kernel)."""
+    engine = engine or EngineSection()
+    quant = resolve_quantization(quantization, arch)
+    sm_ = HOPPER if sm is None else sm
+    if not (quant == "fp8" and arch.fp8_block_scaled) or not arch.hidden_size:
+        return [], []
+    why = _fp8_block_dense_off(arch, quant, sm_, engine)
+    calls: list[JitCall] = []
+    skipped: list[SkippedOp] = []
+    m_values = tuple(range(1, FP8_BLOCK_M_BELOW))
+    for (_, n, k), layers in _merged_linear_shapes(arch, tensor_parallel_size, FP8_BLOCK_OP).items():
+        label = "+".join(layers)
+        if why is None and (n % FP8_BLOCK_N_MULTIPLE or k % FP8_BLOCK_K_MULTIPLE):
+            skipped.append(SkippedOp(FP8_BLOCK_OP, n, k, label,
+                                     f"N must be a multiple of {FP8_BLOCK_N_MULTIPLE} and K of {FP8_BLOCK_K_MULTIPLE} "
+                                     "for vLLM to choose FlashInfer/DeepGEMM; it runs CUTLASS for this layer"))
+        elif why is None:
+            calls.append(JitCall(FP8_BLOCK_OP, n, k, m_values, label))
+        else:
+            skipped.append(SkippedOp(FP8_BLOCK_OP, n, k, label, why))
+    return calls, skipped

@@ -115,6 +115,7 @@ def cache_env(mount: str) -> list[dict]:
         {"name": names.ENV_FLASHINFER_DIR, "value": CacheLayout.sub_path(mount, CacheLayout.FLASHINFER)},
         {"name": names.ENV_CACHE_ROOT, "value": mount},
         {"name": names.ENV_FLASHINFER_JIT, "value": CacheLayout.sub_path(mount, CacheLayout.FLASHINFER_JIT)},
+        {"name": names.ENV_DEEPGEMM_CACHE, "value": CacheLayout.sub_path(mount, CacheLayout.DEEPGEMM)},
     ]
 
 

@@ -36,8 +36,11 @@ ENV_CACHE_ROOT = "KERNEL_WARMUP_CACHE_DIR"
 # FlashInfer's JIT workspace (its builds go under .cache/flashinfer/ there): one folder on
 # the cache volume for the warmer and the server, so the server loads what the warmer built.
 ENV_FLASHINFER_JIT = "FLASHINFER_WORKSPACE_BASE"
+# Where FlashInfer's FP8 block-scale GEMM keeps the DeepGEMM kernels it compiles with nvcc
+# on first use (default $HOME/.tensorrt_llm, lost with the container): on the volume too.
+ENV_DEEPGEMM_CACHE = "TRTLLM_DG_CACHE_DIR"
 ENV_PYTHONPATH = "PYTHONPATH"
 # Env the operator sets on the serving container; a user value for these would be lost.
-SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT, ENV_FLASHINFER_JIT)
+SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT, ENV_FLASHINFER_JIT, ENV_DEEPGEMM_CACHE)
 
 DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"
