@@ -24,7 +24,7 @@ from kernel_warmer.plan.model import ConfigError
 from kernel_warmer.pod import in_pod, termination_path
 import typing
 
-from kernel_warmer.spec import SPEC_ENV, Dtype, FailurePolicy, ModelSource, Provider, Quantization, SpecError, WarmerSpec, _load
+from kernel_warmer.spec import SPEC_ENV, Dtype, FailurePolicy, ModelSource, Provider, Quantization, SpecError, Tuning, WarmerSpec, _load
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -64,6 +64,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer autotune phase")
     p.add_argument("--quantization", choices=choices(Quantization), default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--tuning", choices=choices(Tuning), default=None,
+                   help="FlashInfer: every rank tunes a share (sharded, default) or rank 0 tunes all (rank0)")
     p.add_argument("--timeout-seconds", type=int, default=None, metavar="S",
                    help="the whole run's deadline (spec.timeoutSeconds; default 1800); FlashInfer's fused-MoE JIT "
                         "build alone can take 15+ minutes on 16 cores")
@@ -227,6 +229,8 @@ def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
         fi["quantization"] = args.quantization
     if getattr(args, "max_num_batched_tokens", None) is not None:
         fi["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if getattr(args, "tuning", None):
+        fi["tuning"] = args.tuning
     if tri:
         top["triton"] = dataclasses.replace(spec.triton, **tri)
     if fi:

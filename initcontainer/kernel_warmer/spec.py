@@ -22,6 +22,8 @@ SPEC_ENV = "KERNEL_WARMER_SPEC"
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Quantization = Literal["auto", "none", "fp8", "nvfp4"]
+# FlashInfer tuning: every rank tunes a share and rank 0 merges (sharded), or rank 0 tunes all
+Tuning = Literal["sharded", "rank0"]
 FailurePolicy = Literal["Ignore", "Fail"]
 Provider = Literal["auto", "builtin", "vllm"]
 # vLLM's own spellings (kernel_warmer/engine.py holds the lists, read from vLLM's source).
@@ -91,6 +93,9 @@ class FlashInferSection:
     quantization: Quantization = "auto"
     # None: vLLM's default for the GPU (engine.default_max_num_batched_tokens)
     max_num_batched_tokens: Optional[int] = None
+    # sharded: every rank tunes a share, rank 0 merges and broadcasts one file; rank0: rank 0
+    # tunes everything. Ranks on different GPU models fall back to rank0 (with a warning).
+    tuning: Tuning = "sharded"
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:

@@ -134,7 +134,7 @@ EXAMPLE_SPEC = {
     "tensorParallelSize": 4,
     "dtype": "bfloat16",
     "triton": {"enabled": True, "provider": "vllm", "workers": 8, "compileOnlyTarget": "sm_90"},
-    "flashinfer": {"enabled": True, "quantization": "fp8", "maxNumBatchedTokens": 16384},
+    "flashinfer": {"enabled": True, "quantization": "fp8", "maxNumBatchedTokens": 16384, "tuning": "rank0"},
     "distributed": {"worldSize": 8, "rank": 0, "masterPort": 29600, "timeoutSeconds": 120},
     "failurePolicy": "Ignore",
     "timeoutSeconds": 900,

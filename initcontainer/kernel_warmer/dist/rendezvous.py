@@ -169,6 +169,28 @@ class Rendezvous:
             time.sleep(0.1)
         return self.get(key)
 
+    def wait_keys(self, keys: dict[int, str], timeout_s: float) -> dict[int, str]:
+        """Wait for each rank's key while watching all of those ranks at once: the first
+        that stops beating, or every rank still silent at the timeout, is named."""
+        deadline = time.monotonic() + timeout_s
+        got: dict[int, str] = {}
+        while True:
+            for r, key in keys.items():
+                if r not in got and self._check(key):
+                    got[r] = self.get(key)
+            pending = sorted(set(keys) - set(got))
+            if not pending:
+                return got
+            self.check_abort()
+            dead = [r for r in self.stale_ranks() if r in pending]
+            if dead:
+                raise WorldError(f"rank(s) {dead} stopped responding (no heartbeat for {self.stale_after_s:.0f}s) "
+                                 f"while rank {self.world.rank} waited for {keys[dead[0]]}", tuple(dead))
+            if time.monotonic() > deadline:
+                raise WorldError(f"rank {self.world.rank}: rank(s) {pending} posted nothing "
+                                 f"({keys[pending[0]]}) within {timeout_s:.0f}s", tuple(pending))
+            time.sleep(0.1)
+
     # collectives --------------------------------------------------------------------
 
     def diagnose(self, phase: str) -> tuple[str, tuple[int, ...]]:

@@ -74,8 +74,12 @@ def share_payload(
     loader: Optional[Callable[[Path], bool]] = None,
     read_back: Callable[[Path], bytes] = lambda p: p.read_bytes(),
     produce_timeout_s: float = 1800.0,
+    tag: str = "",
 ) -> ShareResult:
-    """Rank 0 produces; all ranks receive, local rank 0 writes, all load and cross-check."""
+    """Rank 0 produces; all ranks receive, local rank 0 writes, all load and cross-check.
+    ``tag`` prefixes every store key and phase, so one world can share several payloads."""
+    import json
+
     import torch.distributed as dist
 
     t0 = time.monotonic()
@@ -84,18 +88,21 @@ def share_payload(
         try:
             payload = producer()
         except Exception as exc:
-            rdv.store.set("payload/status", f"error: {type(exc).__name__}: {exc}")
+            # a producer that gathers from other ranks (sharded tuning) names the culprits
+            rdv.store.set(f"{tag}payload/ranks", json.dumps(list(getattr(exc, "ranks", ())) or [0]))
+            rdv.store.set(f"{tag}payload/status", f"error: {type(exc).__name__}: {exc}")
             raise
-        rdv.store.set("payload/key", payload.key)
-        rdv.store.set("payload/status", "ok")
+        rdv.store.set(f"{tag}payload/key", payload.key)
+        rdv.store.set(f"{tag}payload/status", "ok")
     else:
-        status = rdv.wait_key("payload/status", produce_timeout_s, watch=(0,))
+        status = rdv.wait_key(f"{tag}payload/status", produce_timeout_s, watch=(0,))
         if status != "ok":
-            raise WorldError(f"rank 0 failed to produce the payload: {status[len('error: '):]}", (0,))
-    key = rdv.get("payload/key")
+            culprits = tuple(json.loads(rdv.get(f"{tag}payload/ranks")))
+            raise WorldError(f"rank 0 failed to produce the payload: {status[len('error: '):]}", culprits)
+    key = rdv.get(f"{tag}payload/key")
     t1 = time.monotonic()
 
-    with rdv.guard("broadcast"):
+    with rdv.guard(f"{tag}broadcast"):
         data = broadcast_bytes(payload.data if payload else None, 0, device)
     sha_received = sha256_bytes(data)
     t2 = time.monotonic()
@@ -103,7 +110,7 @@ def share_payload(
     dest = dest_for(key)
     if world.local_rank == 0:
         atomic_write_bytes(dest, data)
-    with rdv.guard("written"):
+    with rdv.guard(f"{tag}written"):
         dist.barrier()
     info: dict[str, Any] = {"rank": world.rank, "host": socket.gethostname(), "sha_received": sha_received,
                             "key": local_key() if local_key else key, "error": None}
@@ -112,7 +119,7 @@ def share_payload(
         info["loaded"] = loader(dest) if loader else None
     except Exception as exc:  # noqa: BLE001 - reported by every rank below, naming this one
         info.update(sha_file=None, loaded=False, error=f"{type(exc).__name__}: {exc}")
-    with rdv.guard("verify"):
+    with rdv.guard(f"{tag}verify"):
         gathered: list[Any] = [None] * world.world_size
         dist.all_gather_object(gathered, info)
     t3 = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -11,7 +12,7 @@ from typing import Any, Callable
 
 from kernel_warmer.cache.volume import CacheLayout
 from kernel_warmer.files import sha256_file
-from kernel_warmer.flashinfer import jit
+from kernel_warmer.flashinfer import jit, tactics
 from kernel_warmer.flashinfer.jobs import plan_jobs
 from kernel_warmer.flashinfer.tune import (
     BF16_BACKENDS,
@@ -21,16 +22,20 @@ from kernel_warmer.flashinfer.tune import (
     VLLM_FP8_BACKENDS,
     current_env_key,
     current_sm,
+    backends_by_op,
     flashinfer_available,
+    tune_items,
     tune_ops,
 )
 from kernel_warmer.engine import default_max_num_batched_tokens
 from kernel_warmer.plan.flashinfer import AutoTuneOp, JitCall, plan_jit_calls, plan_ops
+from kernel_warmer.plan.shard import work_items
 
 
 @dataclass
 class AutotuneJob:
-    """Runs in every spawned worker: rank 0 tunes, everyone receives, writes, loads, verifies."""
+    """Runs in every spawned worker: the ranks tune (sharded: a share each; rank0: rank 0
+    alone), rank 0's file goes to everyone, every rank writes, loads and verifies it."""
 
     ops: list[dict[str, Any]]
     flashinfer_root: str  # <cache>/flashinfer
@@ -41,10 +46,28 @@ class AutotuneJob:
     bf16_backends: tuple[str, ...] = BF16_BACKENDS
     fp8_backends: tuple[str, ...] = FP8_BACKENDS
     use_cuda: bool = True
+    tuning: str = "sharded"
+    tag: str = ""  # store-key prefix: several jobs in one world (the bench)
 
     def __call__(self, world: Any, rdv: Any, device: Any) -> dict[str, Any]:
+        import torch
+
+        from kernel_warmer.flashinfer.sharded import agree_mode
+
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        mode, warning, gpus = agree_mode(world, rdv, self.tuning, gpu, rdv.timeout_s, tag=self.tag)
+        if warning:
+            print(f"kernel-warmer: WARNING: {warning}", flush=True)
+        run = self._sharded if mode == "sharded" else self._rank0
+        return {**run(world, rdv, device), "tuning": mode, "tuning_requested": self.tuning,
+                "warnings": [warning] if warning else [], "gpus": gpus}
+
+    def _load(self, path: Path) -> bool:
         from flashinfer.autotuner import AutoTuner
 
+        return bool(AutoTuner.get().load_configs(str(path)))
+
+    def _rank0(self, world: Any, rdv: Any, device: Any) -> dict[str, Any]:
         from kernel_warmer.dist.share import Payload, share_payload
 
         report: dict[str, Any] = {}
@@ -68,13 +91,34 @@ class AutotuneJob:
                 raise RuntimeError("FlashInfer saved no tactics (every planned op was skipped)")
             return Payload(data, key)
 
-        def load(path: Path) -> bool:
-            return bool(AutoTuner.get().load_configs(str(path)))
-
         res = share_payload(world, rdv, produce, lambda key: root / key / TUNE_FILE, device=device,
-                            local_key=current_env_key, loader=load,
-                            produce_timeout_s=self.produce_timeout_s)
+                            local_key=current_env_key, loader=self._load,
+                            produce_timeout_s=self.produce_timeout_s, tag=self.tag)
         return {**res.to_dict(), **report}
+
+    def _sharded(self, world: Any, rdv: Any, device: Any) -> dict[str, Any]:
+        from kernel_warmer.flashinfer.sharded import cover, share_sharded
+
+        ops = [AutoTuneOp(**o) for o in self.ops]
+        items = work_items(ops, backends_by_op(self.bf16_backends, self.fp8_backends))
+        root = Path(self.flashinfer_root)
+        key = current_env_key()
+        log = lambda s: print(s, flush=True)  # noqa: E731
+
+        def tune_share(mine: list, path: Path) -> tuple[list, list, float]:
+            rep = tune_items(mine, path, arch_moe=self.moe, device=device, log=log)
+            return rep.tuned, rep.skipped, rep.seconds
+
+        seed = root / key / TUNE_FILE
+        warm = seed.is_file()
+        run = share_sharded(world, rdv, items, tune_share, env_key=key, dest_for=lambda k: root / k / TUNE_FILE,
+                            device=device, finish=lambda doc, tuned: cover(doc, ops, tuned, self.tp), seed=seed,
+                            loader=self._load, local_key=current_env_key,
+                            produce_timeout_s=self.produce_timeout_s, tag=self.tag, log=log)
+        doc = json.loads(Path(run.result.path).read_text())
+        return {**run.result.to_dict(), "tuned": run.tuned, "skipped": run.skipped, "tune_s": run.tune_s,
+                "warm_start": warm, "coverage": tactics.coverage_of(doc), "items": len(items),
+                "shares": run.shares}
 
 
 def gpu_default_max_num_batched_tokens(sm: Any) -> int:
@@ -122,11 +166,11 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(layout.flashinfer_root),
                       tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
                       produce_timeout_s=float(spec.timeout_seconds),
-                      bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS)
+                      bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS, tuning=fi.tuning)
     before = jit.library_state(workspace)
     jit_report = prepare_jit(ops, sm, workspace, float(spec.timeout_seconds) - (time.monotonic() - t0), log,
                              tuple(calls))
-    log(f"flashinfer: {len(ops)} op(s) to tune on rank 0, {gpus} local worker(s)")
+    log(f"flashinfer: {len(ops)} op(s) to tune ({fi.tuning}), {gpus} local worker(s)")
     outcomes = run_local_workers(job, gpus, spec=spec.distributed,
                                  timeout_s=float(spec.distributed.timeout_seconds),
                                  # one deadline for the phase: what the JIT build left
@@ -138,6 +182,8 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
         msgs = "; ".join(f"local rank {o.local_rank}: {o.error or f'exit {o.exitcode}'}" for o in failed)
         raise RuntimeError(f"flashinfer autotune broadcast failed: {msgs}")
     first = outcomes[0].result
+    for warning in first.get("warnings") or []:
+        log(f"flashinfer: WARNING: {warning}")
     files = []
     if first.get("wrote"):
         files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
@@ -150,6 +196,10 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
         "tuned_ops": first.get("tuned"),
         "skipped_ops": base["skipped_ops"] + list(first.get("skipped") or []),
         "tune_seconds": first.get("tune_s"),
+        "tuning": first.get("tuning"),
+        "tuning_requested": fi.tuning,
+        "warnings": first.get("warnings") or [],
+        "shares": first.get("shares"),
         "jit": jit_report.to_dict(),
         # scalars: they survive the termination message's compaction (the CR status reads them)
         "jit_seconds": round(jit_report.seconds, 3),

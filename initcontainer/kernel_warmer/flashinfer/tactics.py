@@ -132,3 +132,41 @@ def missing_moe_keys(doc: dict[str, Any], tp_size: int, ep_size: int, ranks: Ite
     present = {(r[1], r[3]) for r in (rank_of(k) for k in doc if not k.startswith("_"))
                if r is not None and (r[0], r[2]) == (tp_size, ep_size)}
     return [tuple(r) for r in ranks if tuple(r) not in present]  # type: ignore[misc]
+
+
+def merge(docs: list[dict[str, Any]], ranks: Optional[list[int]] = None) -> dict[str, Any]:
+    """One file from the ranks' shard files (rank order): rank 0's metadata, every
+    namespaced record, the union of the entries, in FlashInfer's order with a fresh
+    generation, so the bytes depend on the entries, never on which rank tuned which.
+    An entry two shards hold with different tactics keeps the lowest rank's; a shard
+    from another environment (its metadata differs from rank 0's) is an error naming it."""
+    ranks = list(range(len(docs))) if ranks is None else ranks
+    meta = next((d[METADATA_KEY] for d in docs if d.get(METADATA_KEY) is not None), None)
+    out: dict[str, Any] = {METADATA_KEY: meta} if meta is not None else {}
+    records: dict[str, Any] = {}
+    for rank, doc in zip(ranks, docs):
+        if doc.get(METADATA_KEY) is not None and doc[METADATA_KEY] != meta:
+            raise TacticFileError(f"rank {rank}'s tactics were tuned in another environment "
+                                  f"({doc[METADATA_KEY]} != {meta})")
+        for ns, rec in (doc.get(RECORDS_KEY) or {}).items():
+            records.setdefault(ns, rec)
+        for key, value in doc.items():
+            if not key.startswith("_"):
+                out.setdefault(key, value)
+    if records:
+        out[RECORDS_KEY] = records
+    return ordered(out)
+
+
+def conflicts(docs: list[dict[str, Any]]) -> int:
+    """Entries that two shards hold with different tactics (0 when the split is disjoint)."""
+    seen: dict[str, str] = {}
+    n = 0
+    for doc in docs:
+        for key, value in doc.items():
+            if key.startswith("_"):
+                continue
+            text = json.dumps(value, sort_keys=True)
+            if seen.setdefault(key, text) != text:
+                n += 1
+    return n

@@ -22,6 +22,7 @@ Things found in FlashInfer 0.6.18's source that shape this module:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -35,6 +36,7 @@ from kernel_warmer.files import atomic_write_bytes
 from kernel_warmer.flashinfer import tactics
 from kernel_warmer.heartbeat import Heartbeat
 from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
+from kernel_warmer.plan.shard import WorkItem
 
 TUNE_FILE = "autotune.json"
 BF16_BACKENDS = ("cudnn", "cublaslt")
@@ -101,17 +103,19 @@ def _run_gemm(op: AutoTuneOp, backend: str, device: Any) -> None:
         raise ValueError(f"unknown GEMM op {op.op}")
 
 
-def _run_moe(op: AutoTuneOp, arch_moe: Any, tp_rank: int, ep_rank: int, device: Any) -> None:
+def _run_moe(op: AutoTuneOp, arch_moe: Any, tp_rank: int, ep_rank: int, device: Any,
+             m: Optional[int] = None) -> None:
     """One cutlass_fused_moe call as vLLM's FlashInferExperts makes it
     (vllm/model_executor/layers/fused_moe/experts/flashinfer_cutlass_moe.py:365-389): this
     rank's local experts, the tp/ep sizes and ranks vLLM passes, and per mode the input and
     scales vLLM passes (bf16; fp8 per-tensor: fp8 input, four scales; fp8 block-scale: bf16
-    input, [w1_scale, w2_scale], use_deepseek_fp8_block_scale)."""
+    input, [w1_scale, w2_scale], use_deepseek_fp8_block_scale). ``m`` rows (default m_max);
+    ``tune_max_num_tokens`` is always m_max, the server's value, which shapes the buckets."""
     import torch
 
     import flashinfer
 
-    m, hidden, n2 = op.m_max, op.k, op.n
+    m, hidden, n2 = m or op.m_max, op.k, op.n
     experts, topk = op.local_experts or arch_moe.num_experts, arch_moe.experts_per_token
     x = torch.randn(m, hidden, device=device, dtype=torch.bfloat16)
     ids = torch.randint(0, arch_moe.num_experts, (m, topk), device=device, dtype=torch.int32)
@@ -133,7 +137,7 @@ def _run_moe(op: AutoTuneOp, arch_moe: Any, tp_rank: int, ep_rank: int, device: 
         raise ValueError(f"fused MoE tuning for mode {op.mode!r} is not implemented")
     flashinfer.cutlass_fused_moe(x, ids, scales, fc1, fc2, torch.bfloat16, quant_scales,
                                  tp_size=op.tp_size, tp_rank=tp_rank, ep_size=op.ep_size, ep_rank=ep_rank,
-                                 tune_max_num_tokens=m, **extra)
+                                 tune_max_num_tokens=op.m_max, **extra)
 
 
 @dataclass
@@ -178,7 +182,7 @@ def _variants(op: AutoTuneOp, backends: dict[str, tuple[str, ...]], arch_moe: An
 
 
 def _tune_one(label: str, fn: Callable[[], None], op: AutoTuneOp, report: TuneReport, device: Any,
-              log: Callable[[str], None]) -> None:
+              log: Callable[[str], None], bucket: Optional[int] = None) -> None:
     import torch
 
     start = time.monotonic()
@@ -191,12 +195,15 @@ def _tune_one(label: str, fn: Callable[[], None], op: AutoTuneOp, report: TuneRe
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
         reason = f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        report.skipped.append({**op.to_dict(), "reason": reason})
+        where = {} if bucket is None else {"bucket": bucket}
+        report.skipped.append({**op.to_dict(), **where, "reason": reason})
         log(f"flashinfer: skip {op.op} n={op.n} k={op.k} {reason}")
         return
     secs = time.monotonic() - start
-    report.tuned.append({**op.to_dict(), "variant": label, "seconds": round(secs, 3)})
-    log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} M<={op.m_max} {label} in {secs:.1f}s")
+    where = {} if bucket is None else {"bucket": bucket}
+    report.tuned.append({**op.to_dict(), **where, "variant": label, "seconds": round(secs, 3)})
+    m = f"M<={op.m_max}" if bucket is None else f"M={bucket}"
+    log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} {m} {label} in {secs:.1f}s")
 
 
 def cover_ranks(path: Path, ops: list[AutoTuneOp], tuned: list[dict[str, Any]], tp: int) -> dict[str, Any]:
@@ -227,6 +234,11 @@ def cover_ranks(path: Path, ops: list[AutoTuneOp], tuned: list[dict[str, Any]], 
     return coverage
 
 
+def backends_by_op(bf16_backends: tuple[str, ...] = BF16_BACKENDS,
+                   fp8_backends: tuple[str, ...] = FP8_BACKENDS) -> dict[str, tuple[str, ...]]:
+    return {"bf16_gemm": bf16_backends, "fp8_gemm": fp8_backends, "fp4_gemm": FP4_BACKENDS}
+
+
 def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, arch_moe: Any,
              device: Any, log: Callable[[str], None] = print,
              bf16_backends: tuple[str, ...] = BF16_BACKENDS,
@@ -235,7 +247,7 @@ def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, ar
     ``cache_path``, then write every rank's MoE keys and the covered world into it."""
     from flashinfer.autotuner import autotune
 
-    backends = {"bf16_gemm": bf16_backends, "fp8_gemm": fp8_backends, "fp4_gemm": FP4_BACKENDS}
+    backends = backends_by_op(bf16_backends, fp8_backends)
     report = TuneReport()
     t0 = time.monotonic()
     settle_workspace(device, log)
@@ -245,5 +257,35 @@ def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, ar
                 beat.update(f"{op.op} n={op.n} k={op.k} M<={op.m_max} {label}")
                 _tune_one(label, fn, op, report, device, log)
     report.coverage = cover_ranks(cache_path, ops, report.tuned, tp)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _item_fn(item: WorkItem, arch_moe: Any, device: Any) -> tuple[str, Callable[[], None]]:
+    op = item.op
+    if op.op == MOE_OP:
+        t, e = op.rank_keys()[0]
+        return (f"tp_rank={t} ep_rank={e}, written for {len(op.rank_keys())} rank(s)",
+                lambda: _run_moe(op, arch_moe, t, e, device, m=item.bucket))
+    return f"backend={item.variant}", lambda: _run_gemm(dataclasses.replace(op, m_max=item.bucket), item.variant, device)
+
+
+def tune_items(items: list[WorkItem], cache_path: Path, *, arch_moe: Any, device: Any,
+               log: Callable[[str], None] = print) -> TuneReport:
+    """Profile this rank's share, one M bucket at a time: each item runs its op at
+    M = bucket inside ``autotune(tuning_buckets=(bucket,))``, so ``choose_one`` profiles
+    that bucket alone and stores it under the key a server looks up (plan/shard.py). The
+    fused MoE is tuned for its first rank key; rank 0 covers the others after the merge."""
+    from flashinfer.autotuner import autotune
+
+    report = TuneReport()
+    t0 = time.monotonic()
+    settle_workspace(device, log)  # every rank: the workspace size is part of every GEMM key
+    with Heartbeat(log, "flashinfer tune (share)") as beat, autotune(tune_mode=True, cache=str(cache_path)):
+        for item in items:
+            beat.update(item.label())
+            label, fn = _item_fn(item, arch_moe, device)
+            with autotune(tune_mode=True, tuning_buckets=(item.bucket,)):
+                _tune_one(label, fn, item.op, report, device, log, bucket=item.bucket)
     report.seconds = time.monotonic() - t0
     return report

@@ -1,0 +1,111 @@
+"""Picklable jobs for the sharded-tuning tests over gloo (spawned children import this).
+
+The tuner is a real CPU function standing in for FlashInfer's profiling: for each item it
+evaluates eight candidate "tactics" and keeps the cheapest, writing a FlashInfer-format
+entry (the GEMM's or the fused MoE's key) into the rank's private file. Everything else
+is the production code: the mode agreement, the split, the gather, the merge with every
+rank's MoE keys, the broadcast, the writes and the sha256 checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from kernel_warmer.dist.share import Payload, share_payload
+from kernel_warmer.flashinfer import tactics
+from kernel_warmer.flashinfer.sharded import agree_mode, cover, share_sharded
+from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
+from kernel_warmer.plan.shard import WorkItem, work_items
+
+META = {"flashinfer_version": "0.6.18", "gpu": "CPU"}
+BACKENDS = {"bf16_gemm": ("cudnn", "cublaslt")}
+
+
+def plan(world: int) -> list[AutoTuneOp]:
+    return [AutoTuneOp("bf16_gemm", 6144, 4096, 64, "qkv"), AutoTuneOp("bf16_gemm", 4096, 4096, 64, "o"),
+            AutoTuneOp(MOE_OP, 768, 2048, 16, "experts", mode="bf16", tp_size=world, local_experts=128)]
+
+
+def entry_key(item: WorkItem) -> str:
+    op = item.op
+    if op.op == MOE_OP:  # FlashInfer's fused-MoE key: tuned as (tp_rank 0, ep_rank 0)
+        return (f"('trtllm::fused_moe::gemm1', 'MoERunner', (({item.bucket}, {op.k}),), (torch.bfloat16, "
+                f"torch.bfloat16, torch.bfloat16, 8, {op.tp_size}, 0, {op.ep_size}, 0))")
+    runner = {"cudnn": "CudnnGemmRunner", "cublaslt": "CublasLtGemmRunner"}[item.variant]
+    return str(("bf16_gemm", runner, ((item.bucket, op.k), (op.k, op.n)), ()))
+
+
+def best_tactic(item: WorkItem) -> int:
+    op = item.op
+    return min(range(8), key=lambda c: ((op.n * 31 + op.k * 7 + item.bucket * 13 + c * c * 17) % 97, c))
+
+
+@dataclass
+class CpuTuner:
+    """(items, file) -> (tuned, skipped, seconds), as tune.tune_items returns them."""
+
+    rank: int
+    die_after: Optional[int] = None  # exit after tuning this many items
+    stall_s: float = 0.0
+
+    def __call__(self, items: list[WorkItem], path: Path):
+        t0 = time.monotonic()
+        doc = json.loads(path.read_text()) if path.is_file() else {"_metadata": META}
+        tuned = []
+        for n, item in enumerate(items):
+            if self.die_after is not None and n == self.die_after:
+                os._exit(3)
+            if n == 0:
+                time.sleep(self.stall_s)  # alive (heartbeat beating) but stuck in its share
+            key = entry_key(item)
+            runner = "MoERunner" if item.op.op == MOE_OP else key.split("'")[3]
+            doc.setdefault(key, [runner, best_tactic(item)])
+            tuned.append({**item.op.to_dict(), "bucket": item.bucket, "variant": item.variant, "seconds": 0.001})
+        path.write_text(json.dumps(tactics.ordered(doc), indent=2))
+        return tuned, [], time.monotonic() - t0
+
+
+@dataclass
+class ShardedJob:
+    root: str
+    tuning: str = "sharded"
+    gpus: dict = field(default_factory=dict)  # rank -> GPU model (default "CPU")
+    die_rank: Optional[int] = None
+    stall_rank: Optional[int] = None
+    produce_timeout_s: float = 30.0
+    use_cuda: bool = False
+
+    def __call__(self, world, rdv, device):
+        ops = plan(world.world_size)
+        items = work_items(ops, BACKENDS)
+        mode, warning, gpus = agree_mode(world, rdv, self.tuning, self.gpus.get(world.rank, "CPU"), 20)
+        tuner = CpuTuner(world.rank, die_after=1 if world.rank == self.die_rank else None,
+                         stall_s=12.0 if world.rank == self.stall_rank else 0.0)
+
+        def dest_for(key: str) -> Path:  # one folder per node stands in for each node's volume
+            return Path(self.root) / f"node{world.node_rank}" / key / "autotune.json"
+
+        def loader(path: Path) -> bool:
+            return tactics.has_moe_entries(json.loads(path.read_text()))
+
+        common = dict(device=device, loader=loader, local_key=lambda: "env-test")
+        if mode == "sharded":
+            run = share_sharded(world, rdv, items, tuner, env_key="env-test", dest_for=dest_for,
+                                finish=lambda doc, tuned: cover(doc, ops, tuned, world.world_size),
+                                produce_timeout_s=self.produce_timeout_s, log=lambda s: None, **common)
+            return {"mode": mode, "warning": warning, "gpus": gpus, "shares": run.shares, **run.result.to_dict()}
+
+        def produce() -> Payload:
+            with tempfile.TemporaryDirectory() as tmp:
+                with_all = Path(tmp) / "autotune.json"
+                tuned, _, _ = tuner(items, with_all)
+                doc = cover(json.loads(with_all.read_text()), ops, tuned, world.world_size)
+            return Payload(json.dumps(doc, indent=2).encode(), "env-test")
+
+        res = share_payload(world, rdv, produce, dest_for, produce_timeout_s=self.produce_timeout_s, **common)
+        return {"mode": mode, "warning": warning, "gpus": gpus, **res.to_dict()}
