@@ -200,6 +200,7 @@ BAD_SPECS = [
     ("reserved-mount", {"cache": {"mountPath": "/kernel-warmup/x"}}, "spec.cache.mountPath"),
     ("bad-target-arch", {"triton": {"compileOnlyTarget": "hopper"}}, "spec.triton.compileOnlyTarget"),
     ("zero-tokens", {"flashinfer": {"maxNumBatchedTokens": 0}}, "spec.flashinfer.maxNumBatchedTokens"),
+    ("bad-tuning-mode", {"flashinfer": {"tuning": "every"}}, "spec.flashinfer.tuning"),
     ("heads-not-multiple", {"model": {"layers": [{"numHeads": 10, "numKvHeads": 4, "headSize": 64}]}}, "numHeads must be a multiple of numKvHeads"),
     ("rank-ge-world", {"distributed": {"worldSize": 2, "rank": 2}}, "spec.distributed.rank"),
     ("shell-in-image", {"warmer": {"image": "vllm; rm -rf /"}}, "spec.warmer.image"),

@@ -191,3 +191,24 @@ def test_timeout_seconds_flag_sets_the_deadline_and_names_the_field():
     assert spec_from_args(build_parser().parse_args(base)).timeout_seconds == 1800
     with pytest.raises(SpecError, match="timeoutSeconds"):
         spec_from_args(build_parser().parse_args([*base, "--timeout-seconds", "0"]))
+
+
+def test_tuning_flag_picks_sharded_or_rank0_and_rejects_anything_else(capsys):
+    from kernel_warmer.cli import build_parser, spec_from_args
+    from kernel_warmer.spec import WarmerSpec
+
+    base = ["run", "--model-config", str(CONFIGS / "qwen3-30b-a3b.json")]
+    assert spec_from_args(build_parser().parse_args(base)).flashinfer.tuning == "sharded"
+    spec = spec_from_args(build_parser().parse_args([*base, "--tuning", "rank0"]))
+    assert spec.flashinfer.tuning == "rank0"
+    assert WarmerSpec.from_json(spec.to_json()).flashinfer.tuning == "rank0"  # the contract carries it
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--tuning", "every"])
+    assert "--tuning" in capsys.readouterr().err
+
+
+def test_a_spec_with_an_unknown_tuning_mode_names_the_field():
+    from kernel_warmer.spec import SpecError, WarmerSpec
+
+    with pytest.raises(SpecError, match="flashinfer.tuning.*sharded, rank0"):
+        WarmerSpec.from_dict({"model": {"configPath": "/m/config.json"}, "flashinfer": {"tuning": "all"}})
