@@ -70,6 +70,8 @@ def server_env(out: Path, rank: int) -> dict[str, str]:
 def warmer_argv(cmd: str, out: Path) -> list[str]:
     argv = [sys.executable, "-m", "kernel_warmer", cmd, "--model-config", str(CONFIG), "--serve-command", SERVE,
             "--cache-dir", str(layout(out).root)]
+    if cmd == "run" and os.environ.get("KW_FI_MOE_TUNING"):  # sharded (the warmer's default) | rank0
+        argv += ["--tuning", os.environ["KW_FI_MOE_TUNING"]]
     # the fused-MoE JIT build alone can pass the default 30-minute deadline on 16 cores
     return argv + (["--termination-log", str(out / "termination-log"), "--timeout-seconds", "5400"]
                    if cmd == "run" else [])
