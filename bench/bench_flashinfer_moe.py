@@ -41,8 +41,9 @@ M_MAX = 64
 MOE_OPS = ("trtllm::fused_moe::gemm1", "trtllm::fused_moe::gemm2")
 # Processes that mean "a JIT build is running" (nvcc drives cicc and ptxas).
 COMPILERS = ("nvcc", "cicc", "ptxas", "cudafe++")
-# FlashInfer's own lock files and ninja's bookkeeping change on a no-op build: not a build.
-JIT_IGNORED = (".lock", ".ninja_log", ".ninja_deps")
+# FlashInfer's own lock files and ninja's bookkeeping change on a no-op build, and FlashInfer's
+# logger appends to flashinfer_jit.log whenever a process loads a module: none is a build.
+JIT_IGNORED = (".lock", ".ninja_log", ".ninja_deps", "flashinfer_jit.log")
 
 
 def layout(out: Path) -> CacheLayout:
@@ -88,13 +89,31 @@ def jit_files(out: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def _parent(pid: str) -> Optional[str]:
+    try:  # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses
+        return (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return None
+
+
 class CompilerWatch:
-    """Samples /proc every 0.1 s and records any compiler process seen."""
+    """Samples /proc every 0.1 s and records every compiler process that descends from this
+    one (the probe it starts), so a build elsewhere on the machine is not counted."""
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
+        self._root = str(os.getpid())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _descends(self, pid: str) -> bool:
+        for _ in range(64):
+            pid = _parent(pid) or "0"
+            if pid == self._root:
+                return True
+            if pid in ("0", "1"):
+                return False
+        return False
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -103,7 +122,7 @@ class CompilerWatch:
                     comm = (d / "comm").read_text().strip()
                 except OSError:
                     continue
-                if comm in COMPILERS:
+                if comm in COMPILERS and self._descends(d.name):
                     self.seen.add(f"{d.name}:{comm}")
             self._stop.wait(0.1)
 

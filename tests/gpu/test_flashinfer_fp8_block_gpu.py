@@ -42,7 +42,7 @@ pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "initcontainer"))
-from bench_flashinfer_moe import CompilerWatch  # noqa: E402
+from bench_flashinfer_moe import JIT_IGNORED, CompilerWatch  # noqa: E402
 
 from kernel_warmer.cache.volume import CacheLayout  # noqa: E402
 from kernel_warmer.plan.flashinfer import plan_jit_calls  # noqa: E402
@@ -83,7 +83,7 @@ def env_for(layout: CacheLayout) -> dict[str, str]:
 def jit_state(layout: CacheLayout) -> dict[str, tuple[int, int]]:
     root = layout.flashinfer_jit_dir
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in (root.rglob("*") if root.is_dir() else []) if p.is_file() and not p.name.endswith(".lock")}
+            for p in (root.rglob("*") if root.is_dir() else []) if p.is_file() and not p.name.endswith(JIT_IGNORED)}
 
 
 def warmer(cmd: str, layout: CacheLayout, out: Path) -> tuple[float, subprocess.CompletedProcess]:
