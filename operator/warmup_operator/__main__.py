@@ -26,6 +26,9 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     if cfg.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(cfg.metrics_port, addr=cfg.metrics_bind)
+    if cfg.leader.enabled:  # several replicas: only the Lease holder runs the controller
+        from warmup_operator.replica import run_replica
+        return run_replica(cfg)
     kopf.run(
         standalone=True,
         clusterwide=not cfg.namespaces,

@@ -13,9 +13,22 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Optional
 
 from warmup_operator.core import names
+from warmup_operator.core.lease import Timing
 from warmup_operator.core.trust import DEFAULT_HOSTPATH_ALLOWED, TrustPolicy, clean_abs_path
 
 LOG_FORMATS = ("json", "plain", "full")
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """--leader-elect: replicas share a Lease and only its holder runs the controller
+    handlers (leader.py, replica.py); every replica serves admission and metrics."""
+
+    enabled: bool = False  # --leader-elect / $KERNEL_WARMUP_LEADER_ELECT=1
+    lease_name: str = "kernel-warmup-operator"  # --leader-elect-resource-name
+    namespace: str = ""  # --leader-elect-resource-namespace / $POD_NAMESPACE (the chart sets it)
+    identity: str = ""  # $POD_NAME (the chart sets it), else the host name; a random suffix is added
+    timing: Timing = Timing()  # --leader-elect-lease-duration / -renew-deadline / -retry-period
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class OperatorConfig:
     # --allow-warmer-image / $KERNEL_WARMUP_ALLOWED_WARMER_IMAGES, --allow-hostpath /
     # $KERNEL_WARMUP_ALLOWED_HOSTPATHS (comma-separated): what a KernelWarmup may ask for
     policy: TrustPolicy = TrustPolicy()
+    leader: LeaderElection = LeaderElection()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "OperatorConfig":
@@ -52,6 +66,8 @@ class OperatorConfig:
             policy=TrustPolicy(
                 warmer_images=_env_list(env, "KERNEL_WARMUP_ALLOWED_WARMER_IMAGES", d.policy.warmer_images),
                 hostpath_allowed=_env_list(env, "KERNEL_WARMUP_ALLOWED_HOSTPATHS", d.policy.hostpath_allowed)),
+            leader=replace(d.leader, enabled=env.get("KERNEL_WARMUP_LEADER_ELECT", "") in ("1", "true"),
+                           namespace=env.get("POD_NAMESPACE", ""), identity=env.get("POD_NAME", "")),
         )
 
     @classmethod
@@ -65,7 +81,8 @@ class OperatorConfig:
         if bad:
             parser.error(f"--allow-hostpath {bad[0]!r}: give a normalised absolute path (no '//', '.', '..' "
                          "or trailing '/')")
-        return replace(base, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
+        leader = _leader_from_args(parser, args, base.leader)
+        return replace(base, leader=leader, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
                        liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,
                        log_format=args.log_format, verbose=args.verbose, metrics_bind=args.metrics_bind,
                        policy=policy)
@@ -74,6 +91,36 @@ class OperatorConfig:
 def _env_list(env: Mapping[str, str], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     value = env.get(key)
     return default if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _leader_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      base: LeaderElection) -> LeaderElection:
+    timing = Timing(lease_s=args.leader_elect_lease_duration, renew_deadline_s=args.leader_elect_renew_deadline,
+                    retry_s=args.leader_elect_retry_period)
+    out = replace(base, enabled=args.leader_elect or base.enabled, lease_name=args.leader_elect_resource_name,
+                  namespace=args.leader_elect_resource_namespace or base.namespace, timing=timing)
+    if out.enabled and (problem := timing.problem()):
+        parser.error(problem)
+    if out.enabled and not out.namespace:
+        parser.error("--leader-elect needs the Lease's namespace: --leader-elect-resource-namespace NS "
+                     "(in a Pod the chart sets $POD_NAMESPACE)")
+    return out
+
+
+def _add_leader_flags(ap: argparse.ArgumentParser, d: LeaderElection) -> None:
+    g = ap.add_argument_group("leader election (several replicas, one runs the controller)")
+    g.add_argument("--leader-elect", action="store_true",
+                   help="hold a coordination.k8s.io Lease to run the controller handlers; replicas without it "
+                        "wait (and still serve admission, liveness and metrics)")
+    g.add_argument("--leader-elect-resource-name", default=d.lease_name, help="the Lease's name")
+    g.add_argument("--leader-elect-resource-namespace", default=d.namespace,
+                   help="the Lease's namespace (default: $POD_NAMESPACE)")
+    g.add_argument("--leader-elect-lease-duration", type=float, default=d.timing.lease_s,
+                   help="seconds a standby waits on an unrenewed Lease before taking it")
+    g.add_argument("--leader-elect-renew-deadline", type=float, default=d.timing.renew_deadline_s,
+                   help="seconds the leader keeps trying to renew before it stops (exits)")
+    g.add_argument("--leader-elect-retry-period", type=float, default=d.timing.retry_s,
+                   help="seconds between tries to acquire or renew")
 
 
 def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
@@ -96,6 +143,7 @@ def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
                          f"{', '.join(DEFAULT_HOSTPATH_ALLOWED)})")
     ap.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
     ap.add_argument("--verbose", "-v", action="store_true")
+    _add_leader_flags(ap, defaults.leader)
     return ap
 
 

@@ -53,7 +53,7 @@ def _retry_after(resp: Any) -> Optional[float]:
 
 class Kube:
     def __init__(self, api_client: Any = None, retry: RetryPolicy = RetryPolicy(),
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, timeout_s: tuple[float, float] = (10, 60)):
         import kubernetes
 
         if api_client is None:
@@ -61,6 +61,7 @@ class Kube:
         self.client = api_client
         self.retry = retry
         self._sleep = sleep
+        self._timeout_s = timeout_s  # (connect, read) of each request
         self._kubernetes = kubernetes
         self._crd_cache: dict[str, Optional[dict]] = {}
         self._lock = threading.Lock()
@@ -92,7 +93,7 @@ class Kube:
             auth_settings=["BearerToken"])
         resp = self.client.call_api(method, url, header_params=headers,
                                     body=body,
-                                    _request_timeout=(10, 60))
+                                    _request_timeout=self._timeout_s)
         data = resp.read()
         if resp.status >= 400:
             exc = self._kubernetes.client.exceptions.ApiException(
@@ -168,6 +169,37 @@ class Kube:
         with self._lock:
             self._crd_cache[name] = crd
         return crd
+
+    # --- the leader-election Lease (leader.py) ---------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> Optional[dict]:
+        try:
+            return self._call("GET", _lease_path(namespace, name))
+        except self._kubernetes.client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def write_lease(self, namespace: str, name: str, spec: dict, resource_version: Optional[str]) -> bool:
+        """Create the Lease (no ``resource_version``) or replace the one read at that
+        version; False when another writer got there first (409), so nothing was written."""
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        try:
+            if resource_version is None:
+                self._call("POST", _lease_path(namespace, ""), body=body)
+            else:
+                body["metadata"]["resourceVersion"] = resource_version
+                self._call("PUT", _lease_path(namespace, name), body=body)
+        except self._kubernetes.client.exceptions.ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+
+def _lease_path(namespace: str, name: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases" + (f"/{name}" if name else "")
 
 
 def use_kubeconfig(path: str) -> None:

@@ -42,3 +42,23 @@ def test_no_flags_means_the_environment():
 def test_a_bad_flag_is_refused():
     with pytest.raises(SystemExit):
         OperatorConfig.from_args(["--log-format", "xml"], {})
+
+
+def test_leader_election_flags_and_environment():
+    env = {"POD_NAMESPACE": "kw-system", "POD_NAME": "op-abc"}
+    assert not OperatorConfig.from_args([], env).leader.enabled
+    cfg = OperatorConfig.from_args(["--leader-elect", "--leader-elect-lease-duration", "6",
+                                    "--leader-elect-renew-deadline", "4", "--leader-elect-retry-period", "1"], env)
+    assert cfg.leader.enabled and cfg.leader.namespace == "kw-system" and cfg.leader.identity == "op-abc"
+    assert (cfg.leader.timing.lease_s, cfg.leader.timing.renew_deadline_s, cfg.leader.timing.retry_s) == (6, 4, 1)
+    assert OperatorConfig.from_env({"KERNEL_WARMUP_LEADER_ELECT": "1", **env}).leader.enabled
+
+
+@pytest.mark.parametrize("argv, env, flag", [
+    (["--leader-elect"], {}, "--leader-elect-resource-namespace"),
+    (["--leader-elect", "--leader-elect-renew-deadline", "20"], {"POD_NAMESPACE": "x"}, "--leader-elect-renew-deadline"),
+])
+def test_bad_leader_election_settings_name_the_flag(argv, env, flag, capsys):
+    with pytest.raises(SystemExit):
+        OperatorConfig.from_args(argv, env)
+    assert flag in capsys.readouterr().err
