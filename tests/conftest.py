@@ -26,6 +26,7 @@ class Cluster:
     server: str
     kubectl: Path
     helm: Path
+    promtool: Path | None = None  # None: it could not be built here (devcluster/promtool.py)
 
     def kubectl_run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -49,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
     tools = devcluster.build()
     try:
         yield Cluster(dir=d, kubeconfig=d / "kubeconfig", server=state.server,
-                      kubectl=tools["kubectl"], helm=tools["helm"])
+                      kubectl=tools["kubectl"], helm=tools["helm"], promtool=tools.get("promtool"))
     finally:
         devcluster.down(d)
 

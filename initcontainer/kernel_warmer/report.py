@@ -8,11 +8,18 @@ bytes; ``compact_json`` always fits.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
 
 Status = Literal["ok", "failed", "skipped"]
 TERMINATION_LIMIT = 4096
+# Where a run's seconds went (summary "phases"; the operator's
+# kernel_warmup_warmup_phase_seconds): the cache check, vLLM's Triton variants,
+# FlashInfer's JIT module builds, FlashInfer's autotuning.
+PHASES = ("check", "triton_compile", "flashinfer_jit", "flashinfer_tune")
+# What the cache check found (summary "cache"): warm (nothing to do) or cold (warmed now).
+CACHE_STATES = ("warm", "cold")
 
 
 @dataclass
@@ -31,6 +38,8 @@ class WarmupSummary:
     triton: TritonCounts = field(default_factory=TritonCounts)
     flashinfer: dict[str, Any] = field(default_factory=dict)  # filled by the FlashInfer phase
     error: Optional[str] = None
+    phases: dict[str, float] = field(default_factory=dict)  # PHASES -> seconds, those that ran
+    cache: str = ""  # one of CACHE_STATES once the cache was checked
     # Per-variant and per-layer detail; dropped first when space is short.
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -40,6 +49,9 @@ class WarmupSummary:
         d["seconds"] = round(self.seconds, 3)
         if d["error"] is None:
             del d["error"]
+        d["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
+        if not d["cache"]:
+            del d["cache"]
         return d
 
     def to_json(self) -> str:
@@ -84,8 +96,18 @@ class WarmupSummary:
             triton=TritonCounts(**{k: int(t.get(k, 0)) for k in ("compiled", "hit", "skipped", "failed")}),
             flashinfer=dict(d.get("flashinfer") or {}),
             error=d.get("error"),
+            phases=_phases(d.get("phases")),
+            cache=d["cache"] if d.get("cache") in CACHE_STATES else "",
             details=dict(d.get("details") or {}),
         )
+
+
+def _phases(value: Any) -> dict[str, float]:
+    """The known phases with finite, non-negative seconds (anything else is left out)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: float(v) for k, v in value.items() if k in PHASES and isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
 
 
 def _dumps(d: dict) -> str:

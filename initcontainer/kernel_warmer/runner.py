@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from kernel_warmer.cache.envkey import EnvKey, compute_env_key
 from kernel_warmer.cache.manifest import (
@@ -132,7 +132,7 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
                 stale = layout.sweep_temp_files()
                 if stale:
                     log(f"repair: removed {len(stale)} temp file(s) a killed warmer left")
-                verdict = verify(layout, r.key)
+                verdict = _checked(r, summary)
                 if verdict.warm:
                     _mark_warm(r, summary, verdict.reason, log)
                 else:
@@ -154,6 +154,15 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
     return summary
 
 
+def _checked(r: Resolved, summary: WarmupSummary) -> Any:
+    """The cache check, timed, its answer in the summary (``phases.check``, ``cache``)."""
+    start = time.monotonic()
+    verdict = verify(r.layout, r.key)
+    summary.phases["check"] = time.monotonic() - start
+    summary.cache = "warm" if verdict.warm else "cold"
+    return verdict
+
+
 def _mark_warm(r: Resolved, summary: WarmupSummary, reason: str, log: Log) -> None:
     log(f"warm: {reason}")
     summary.triton.hit = len(r.triton.variants) if r.spec.triton.enabled else 0
@@ -164,7 +173,7 @@ def _mark_warm(r: Resolved, summary: WarmupSummary, reason: str, log: Log) -> No
 def _run_read_only(r: Resolved, summary: WarmupSummary, log: Log) -> None:
     """A read-only cache volume (e.g. a pre-warmed ReadOnlyMany PVC): nothing can be
     written, so no lock is needed; warm is fine, cold is a clear failure."""
-    verdict = verify(r.layout, r.key)
+    verdict = _checked(r, summary)
     if verdict.warm:
         _mark_warm(r, summary, f"{verdict.reason} (read-only cache volume)", log)
         return
@@ -200,8 +209,10 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
             compile_variants,  # imports nothing heavy itself; workers do
         )
 
+        started = time.monotonic()
         results = compile_variants(r.triton.variants, layout.triton_dir, r.provider, target=r.target,
                                    workers=spec.triton.workers, log=log, sequential=sequential)
+        summary.phases["triton_compile"] = time.monotonic() - started
         counts = {s: sum(1 for x in results if x.status == s) for s in ("compiled", "hit", "failed")}
         summary.triton = TritonCounts(compiled=counts["compiled"], hit=counts["hit"],
                                       skipped=summary.triton.skipped, failed=counts["failed"])
@@ -225,6 +236,9 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
 
         fi = run_phase(spec, r.arch, layout, log)
         summary.flashinfer = fi
+        for phase, key in (("flashinfer_jit", "jit_seconds"), ("flashinfer_tune", "tune_seconds")):
+            if isinstance(fi.get(key), (int, float)) and not isinstance(fi.get(key), bool):
+                summary.phases[phase] = float(fi[key])
         fi_paths = [Path(f["path"]) if Path(f["path"]).is_absolute() else layout.root / f["path"]
                     for f in fi.get("files") or []]
         files += file_entries(layout, fi_paths)

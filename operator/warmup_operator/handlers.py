@@ -216,9 +216,9 @@ def pod_event(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None:
     obs = observe_pod(dict(body))
     if obs is None or not controller().accepted_warmups([obs], [o for _, o in _workloads(namespace, indexes)]):
         return
-    if not metrics.observe_warmup(obs.key, obs.succeeded, obs.seconds):
-        return
     cr = next((c for c in kw_index.get(namespace, []) if c.name == obs.cr), None)
+    if not metrics.observe_warmup(obs, cr):
+        return
     if cr is None:
         return
     if obs.succeeded:

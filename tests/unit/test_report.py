@@ -48,3 +48,17 @@ def test_report_module_is_stdlib_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(root / "initcontainer"), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
+
+
+def test_phases_and_cache_state_survive_the_termination_message():
+    s = WarmupSummary(status="ok", seconds=9.0, cache="cold", phases={"check": 0.1234, "triton_compile": 8.0},
+                      details={"variants": [{"variant": "v" * 100}] * 200})
+    back = WarmupSummary.from_json(s.compact_json())
+    assert back.cache == "cold" and back.phases == {"check": 0.123, "triton_compile": 8.0}
+
+
+def test_unknown_phases_and_bad_numbers_are_dropped():
+    text = json.dumps({"status": "ok", "phases": {"check": 1, "mine": 2, "triton_compile": -1,
+                                                  "flashinfer_tune": True}, "cache": "lukewarm"})
+    back = WarmupSummary.from_json(text)
+    assert back.phases == {"check": 1.0} and back.cache == ""

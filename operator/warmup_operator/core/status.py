@@ -30,6 +30,7 @@ class WarmupObservation:
     exit_code: int
     summary: Optional[dict] = None  # the parsed summary, None when the message isn't one
     owner: Optional[tuple[str, str, str]] = None  # the Pod's controller: (kind, name, uid)
+    node: str = ""  # spec.nodeName: where it ran
 
     @property
     def succeeded(self) -> bool:
@@ -91,7 +92,7 @@ def observe_pod(pod: dict) -> Optional[WarmupObservation]:
             namespace=meta.get("namespace", ""), pod=meta.get("name", ""), cr=ann[names.ANN_INJECTED_BY],
             hash=ann.get(names.ANN_HASH, ""), workload=workload_of_pod(pod),
             finished_at=term.get("finishedAt") or "", exit_code=int(term.get("exitCode") or 0),
-            summary=summary, owner=controller_of(pod),
+            summary=summary, owner=controller_of(pod), node=str((pod.get("spec") or {}).get("nodeName") or ""),
         )
     return None
 
