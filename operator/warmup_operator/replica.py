@@ -34,6 +34,14 @@ LOST_EXIT_CODE = 3  # the Lease was lost: restart as a standby
 CONTROLLER_STOP_S = 20.0  # a clean stop waits this long for the controller's handlers
 
 
+class _SignalsAreOurs(logging.Filter):
+    """kopf warns that it ignores OS signals off the main thread: here that is by design
+    (``Replica.run`` handles SIGTERM and stops both operators in order)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "OS signals are ignored" not in record.getMessage()
+
+
 def split(registry: Any) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:
     """(serving, controller) registries from the one handlers.py filled."""
     serving, controller = kopf.OperatorRegistry(), kopf.OperatorRegistry()
@@ -104,6 +112,7 @@ class Replica:
         os._exit(LOST_EXIT_CODE)
 
     def run(self) -> int:
+        logging.getLogger("kopf._core.reactor.running").addFilter(_SignalsAreOurs())
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         serving = self._thread("serving", self.serving, self.serving_stop, self.cfg.liveness or None)
