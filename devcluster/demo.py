@@ -166,9 +166,10 @@ def main() -> int:
     # The chart's own flags for the operator, as its Deployment would pass them.
     chart_args = k.json("get", "deployment", sa, "-n", RELEASE_NS)["spec"]["template"]["spec"]["containers"][0]["args"]
     from warmup_operator.config import OperatorConfig
-    flags = OperatorConfig.from_args(chart_args)
-    op = OperatorProcess(sa_kubeconfig, work / "operator.log", resync_seconds=2,
-                         namespaces=flags.namespaces, bootstrap_image=flags.bootstrap_image)
+    flags = OperatorConfig.from_args(chart_args, {"POD_NAMESPACE": RELEASE_NS})  # the downward API's value
+    op = OperatorProcess(sa_kubeconfig, work / "operator.log", resync_seconds=2, extra_env={"POD_NAME": "demo"},
+                         namespaces=flags.namespaces, bootstrap_image=flags.bootstrap_image,
+                         extra_args=helmchart.leader_flags(RELEASE, RELEASE_NS))
     op.start()
     print(f"operator running (pid {op.proc.pid}); log {op.log_path}; metrics :{op.metrics_port}")
     try:

@@ -51,6 +51,13 @@ def fullname(release: str, chart: str = "kernel-warmup") -> str:
     return release if chart in release else f"{release}-{chart}"[:63].rstrip("-")
 
 
+def leader_flags(release: str, namespace: str) -> tuple[str, ...]:
+    """The chart's leader-election flags (templates/deployment.yaml) for an operator run
+    outside a Pod, where the downward API's $POD_NAMESPACE is not set."""
+    return ("--leader-elect", f"--leader-elect-resource-namespace={namespace}",
+            f"--leader-elect-resource-name={fullname(release)}")
+
+
 def install(tools: Tools, release: str, namespace: str, *extra: str, chart: Path = CHART) -> str:
     """`helm upgrade --install` (idempotent, so `make demo` can run twice); returns helm's
     output (the NOTES). Waits for the CRD from crds/ to be Established."""

@@ -38,6 +38,7 @@ CHART = helmchart.CHART
 NAMESPACED_VALUES = CHART / "ci" / "namespaced-values.yaml"
 RESYNC_S = 1.0
 RELEASE, RELEASE_NS = "kernel-warmup", "kernel-warmup-system"
+POD_ENV = {"POD_NAMESPACE": RELEASE_NS}  # what the Deployment's downward API gives the operator
 # What an operator that lacks a permission logs: the API server's RBAC denial (in a 403),
 # or kopf's own fallback warning when it may not list/watch something.
 DENIED = re.compile(r"cannot \w+ resource|Not enough permissions")
@@ -69,8 +70,11 @@ def rules_of(docs: list[dict]) -> list[dict]:
 def operator_as(tools, tmp: Path, release: str, release_ns: str, namespaces: tuple[str, ...] = ()) -> OperatorProcess:
     """The operator process, authenticated only as the release's ServiceAccount."""
     kubeconfig = helmchart.service_account_kubeconfig(tools, release_ns, helmchart.fullname(release), tmp / "sa-kubeconfig")
+    # With the chart's leader election: the controller runs only once the Lease (the
+    # chart's Role in the release namespace) is held.
     return OperatorProcess(kubeconfig, tmp / "operator.log", namespaces=namespaces, resync_seconds=RESYNC_S,
-                           bootstrap_image="registry.local/kernel-warmup:test")
+                           bootstrap_image="registry.local/kernel-warmup:test", extra_env={"POD_NAME": "chart-op"},
+                           extra_args=helmchart.leader_flags(release, release_ns))
 
 
 def can_i(tools, kubeconfig: Path, *args: str) -> bool:
@@ -138,7 +142,7 @@ def test_lint_and_template(tools, values):
         assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"], r
     assert not any(r.get("resources") == ["secrets"] or "secrets" in r["resources"] for r in rules)
     dep = next(d for d in docs if d["kind"] == "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -149,18 +153,30 @@ def test_lint_and_template(tools, values):
     assert "--liveness=http://0.0.0.0:8081/healthz" in c["args"] and c["resources"]["requests"]
     # The args parse with the operator's own CLI (no flag the operator does not have).
     from warmup_operator.config import OperatorConfig
-    parsed = OperatorConfig.from_args(c["args"])
+    parsed = OperatorConfig.from_args(c["args"], POD_ENV)
     assert parsed.bootstrap_image == c["image"] and parsed.metrics_port == 9090
+    assert parsed.leader.enabled and parsed.leader.lease_name == helmchart.fullname(RELEASE)
+    assert {e["name"] for e in c["env"]} >= {"POD_NAMESPACE", "POD_NAME"}
+    # Two replicas on two nodes when possible, and a drain leaves one.
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": dep["spec"]["selector"]}
+    lease_role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader"))
+    assert lease_role["metadata"]["namespace"] == RELEASE_NS
+    assert {v for r in lease_role["rules"] for v in r["verbs"]} == {"create", "get", "update"}
     svc = next(d for d in docs if d["kind"] == "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     if values is None:
         assert parsed.namespaces == () and parsed.log_format == "json"
-        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+                         "RoleBinding", "Service", "ServiceAccount"]
     else:
         assert parsed.namespaces == ("team-a", "team-b") and parsed.log_format == "plain"
-        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "Role", "RoleBinding",
-                         "RoleBinding", "Service", "ServiceAccount"]
-        assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "Role",
+                         "Role", "RoleBinding", "RoleBinding", "RoleBinding", "Service", "ServiceAccount"]
+        assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == [RELEASE_NS, "team-a", "team-b"]
         # The one ClusterRole grants only cluster-scoped reads, nothing namespaced.
         cr = next(d for d in docs if d["kind"] == "ClusterRole")
         assert {res for r in cr["rules"] for res in r["resources"]} == {"customresourcedefinitions", "namespaces"}
@@ -173,7 +189,7 @@ def test_values_reach_the_operator_flags(tools):
     assert "Service" not in {d["kind"] for d in docs}
     c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     from warmup_operator.config import OperatorConfig
-    parsed = OperatorConfig.from_args(c["args"])
+    parsed = OperatorConfig.from_args(c["args"], POD_ENV)
     assert parsed.metrics_port == 0 and parsed.verbose and parsed.bootstrap_image == "reg.local/warm:1"
     assert c["image"].endswith(":9.9.9") and "metrics" not in {p["name"] for p in c["ports"]}
     assert {"name": "KERNEL_WARMUP_RESYNC_SECONDS", "value": "30"} in c["env"]

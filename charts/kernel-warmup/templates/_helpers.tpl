@@ -103,3 +103,23 @@ Cluster-scoped reads, granted in either scope:
   resources: ["namespaces"]
   verbs: ["get"]
 {{- end }}
+
+{{/* Replicas on different nodes: preferred ("soft") or required ("hard"). */}}
+{{- define "kernel-warmup.podAntiAffinity" -}}
+podAntiAffinity:
+  {{- if eq .Values.podAntiAffinity "hard" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "kernel-warmup.selectorLabels" . | nindent 10 }}
+  {{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "kernel-warmup.selectorLabels" . | nindent 12 }}
+  {{- end }}
+{{- end }}
