@@ -210,7 +210,7 @@ def main() -> int:
             print(f"  {e['involvedObject']['kind']}/{e['involvedObject']['name']}: {e['type']} {e['reason']}: {e['message']}")
         print("\nmetrics:")
         for line in op.metrics().splitlines():
-            if line.startswith("kernel_warmup_") and not line.startswith("kernel_warmup_warmup_seconds_bucket"):
+            if line.startswith("kernel_warmup_") and "_bucket{" not in line:
                 print("  " + line)
     finally:
         op.stop()

@@ -152,7 +152,8 @@ def test_status_from_a_simulated_kubelet(cluster, operator):
     events = wait_for("WarmupSucceeded event", lambda: [
         e for e in get_list(cluster, "events", ns) if e.get("reason") == "WarmupSucceeded"])
     assert events[0]["involvedObject"]["name"] == "kw"
-    assert 'kernel_warmup_warmups_total{outcome="succeeded"} 1.0' in operator.metrics()
+    assert f'kernel_warmup_warmups_total{{kernelwarmup="{ns}/kw",model="Meta-Llama-3.1-8B-Instruct",node="unknown",' \
+           'outcome="succeeded"} 1.0' in operator.metrics()
     assert "kernel_warmup_injections_total" in operator.metrics()
 
     # A failing warmup (crash log as the message) turns Degraded; the log's words stay in the
