@@ -1,7 +1,8 @@
 """FlashInfer tuning over a world of GPUs, three ways in one run (issue 15):
 
-  sharded  every rank tunes a share of the (op, shape, backend, M bucket) items, rank 0
-           merges and broadcasts one file (the warmer's default)
+  sharded  every rank tunes a share of the (op, shape, backend) items, each over all its M
+           buckets in one call (a fused MoE cut into bucket ranges only when there are
+           fewer items than ranks), rank 0 merges and broadcasts one file (the default)
   rank0    rank 0 tunes everything and broadcasts (the warmer before issue 15)
   every    every rank tunes everything into its own file (what each vLLM worker does)
 
@@ -77,10 +78,10 @@ def describe(model: str, worlds: list[int], max_tokens: int) -> dict:
     out = {}
     for w in worlds:
         ops, backends, _, label = plan_for(model, w, max_tokens)
-        items = work_items(ops, backends)
+        items = work_items(ops, backends, w)
         shares = split(items, w)
         out[w] = {"label": label, "ops": [o.to_dict() for o in ops],
-                  "items": [{"label": it.label(), "cost": it.cost} for it in items],
+                  "items": [{"label": it.label(), "cost": it.cost, "buckets": list(it.buckets)} for it in items],
                   "shares": [[it.label() for it in s] for s in shares], "loads": share_loads(shares),
                   "total_cost": round(sum(it.cost for it in items), 3)}
     return out
@@ -287,6 +288,16 @@ def summarize(world: int, results: list[dict], hits: list[dict]) -> dict:
     return row
 
 
+def m_range(tuned: dict) -> str:
+    """'M<=64' for a call over all the op's buckets, 'M=1,2,4' for a bucket range."""
+    from kernel_warmer.plan.shard import hybrid_buckets
+
+    buckets = tuned.get("buckets")
+    if not buckets or tuple(buckets) == hybrid_buckets(tuned["m_max"]):
+        return f"M<={tuned['m_max']}"
+    return "M=" + ",".join(map(str, buckets))
+
+
 def table_rows(card: str, model: str, rows: list[dict]) -> list[tuple[str, str]]:
     out = [("card", card), ("model", model)]
     for row in rows:
@@ -295,7 +306,7 @@ def table_rows(card: str, model: str, rows: list[dict]) -> list[tuple[str, str]]
         for mode in MODES:
             m = row[mode]
             lk = m["longest_item"]
-            longest = f"{lk['seconds']:.1f} s ({lk['op']} {lk.get('variant', '')} M={lk.get('bucket', lk['m_max'])})" if lk else "-"
+            longest = f"{lk['seconds']:.1f} s ({lk['op']} {lk.get('variant', '')} {m_range(lk)})" if lk else "-"
             out.append((f"world {w}: {mode}", f"wall {m['wall_s']:.1f} s, tuning GPU-s {m['tune_gpu_s']:.1f}, "
                         f"held GPU-s {m['held_gpu_s']:.1f}, identical {m['identical']}, "
                         f"hits {m['hits']}/{m['hits'] + m['misses']}, longest item {longest}"))

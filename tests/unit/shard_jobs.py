@@ -20,29 +20,33 @@ from kernel_warmer.dist.share import Payload, share_payload
 from kernel_warmer.flashinfer import tactics
 from kernel_warmer.flashinfer.sharded import agree_mode, cover, share_sharded
 from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
-from kernel_warmer.plan.shard import WorkItem, work_items
+from kernel_warmer.plan.shard import WorkItem, units, work_items
 
 META = {"flashinfer_version": "0.6.18", "gpu": "CPU"}
 BACKENDS = {"bf16_gemm": ("cudnn", "cublaslt")}
 
 
-def plan(world: int) -> list[AutoTuneOp]:
-    return [AutoTuneOp("bf16_gemm", 6144, 4096, 64, "qkv"), AutoTuneOp("bf16_gemm", 4096, 4096, 64, "o"),
-            AutoTuneOp(MOE_OP, 768, 2048, 16, "experts", mode="bf16", tp_size=world, local_experts=128)]
+def plan(world: int, moe_only: bool = False) -> list[AutoTuneOp]:
+    """Two GEMMs and the fused MoE (5 units), or the MoE alone (1 unit: cut into bucket
+    ranges when the world has more ranks)."""
+    moe = AutoTuneOp(MOE_OP, 768, 2048, 16, "experts", mode="bf16", tp_size=world, local_experts=128)
+    if moe_only:
+        return [moe]
+    return [AutoTuneOp("bf16_gemm", 6144, 4096, 64, "qkv"), AutoTuneOp("bf16_gemm", 4096, 4096, 64, "o"), moe]
 
 
-def entry_key(item: WorkItem) -> str:
+def entry_key(item: WorkItem, bucket: int) -> str:
     op = item.op
     if op.op == MOE_OP:  # FlashInfer's fused-MoE key: tuned as (tp_rank 0, ep_rank 0)
-        return (f"('trtllm::fused_moe::gemm1', 'MoERunner', (({item.bucket}, {op.k}),), (torch.bfloat16, "
+        return (f"('trtllm::fused_moe::gemm1', 'MoERunner', (({bucket}, {op.k}),), (torch.bfloat16, "
                 f"torch.bfloat16, torch.bfloat16, 8, {op.tp_size}, 0, {op.ep_size}, 0))")
     runner = {"cudnn": "CudnnGemmRunner", "cublaslt": "CublasLtGemmRunner"}[item.variant]
-    return str(("bf16_gemm", runner, ((item.bucket, op.k), (op.k, op.n)), ()))
+    return str(("bf16_gemm", runner, ((bucket, op.k), (op.k, op.n)), ()))
 
 
-def best_tactic(item: WorkItem) -> int:
+def best_tactic(item: WorkItem, bucket: int) -> int:
     op = item.op
-    return min(range(8), key=lambda c: ((op.n * 31 + op.k * 7 + item.bucket * 13 + c * c * 17) % 97, c))
+    return min(range(8), key=lambda c: ((op.n * 31 + op.k * 7 + bucket * 13 + c * c * 17) % 97, c))
 
 
 @dataclass
@@ -62,10 +66,12 @@ class CpuTuner:
                 os._exit(3)
             if n == 0:
                 time.sleep(self.stall_s)  # alive (heartbeat beating) but stuck in its share
-            key = entry_key(item)
-            runner = "MoERunner" if item.op.op == MOE_OP else key.split("'")[3]
-            doc.setdefault(key, [runner, best_tactic(item)])
-            tuned.append({**item.op.to_dict(), "bucket": item.bucket, "variant": item.variant, "seconds": 0.001})
+            for bucket in item.buckets:  # one call profiles every bucket of the item
+                key = entry_key(item, bucket)
+                runner = "MoERunner" if item.op.op == MOE_OP else key.split("'")[3]
+                doc.setdefault(key, [runner, best_tactic(item, bucket)])
+            tuned.append({**item.op.to_dict(), "buckets": list(item.buckets), "variant": item.variant,
+                          "seconds": 0.001})
         path.write_text(json.dumps(tactics.ordered(doc), indent=2))
         return tuned, [], time.monotonic() - t0
 
@@ -79,10 +85,11 @@ class ShardedJob:
     stall_rank: Optional[int] = None
     produce_timeout_s: float = 30.0
     use_cuda: bool = False
+    moe_only: bool = False
 
     def __call__(self, world, rdv, device):
-        ops = plan(world.world_size)
-        items = work_items(ops, BACKENDS)
+        ops = plan(world.world_size, self.moe_only)
+        items = work_items(ops, BACKENDS, world.world_size)
         mode, warning, gpus = agree_mode(world, rdv, self.tuning, self.gpus.get(world.rank, "CPU"), 20)
         tuner = CpuTuner(world.rank, die_after=1 if world.rank == self.die_rank else None,
                          stall_s=12.0 if world.rank == self.stall_rank else 0.0)
@@ -98,12 +105,13 @@ class ShardedJob:
             run = share_sharded(world, rdv, items, tuner, env_key="env-test", dest_for=dest_for,
                                 finish=lambda doc, tuned: cover(doc, ops, tuned, world.world_size),
                                 produce_timeout_s=self.produce_timeout_s, log=lambda s: None, **common)
-            return {"mode": mode, "warning": warning, "gpus": gpus, "shares": run.shares, **run.result.to_dict()}
+            return {"mode": mode, "warning": warning, "gpus": gpus, "shares": run.shares,
+                    "items": [it.label() for it in items], **run.result.to_dict()}
 
         def produce() -> Payload:
             with tempfile.TemporaryDirectory() as tmp:
                 with_all = Path(tmp) / "autotune.json"
-                tuned, _, _ = tuner(items, with_all)
+                tuned, _, _ = tuner(units(ops, BACKENDS), with_all)  # rank 0: every unit whole
                 doc = cover(json.loads(with_all.read_text()), ops, tuned, world.world_size)
             return Payload(json.dumps(doc, indent=2).encode(), "env-test")
 

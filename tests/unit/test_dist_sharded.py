@@ -32,8 +32,10 @@ def test_four_ranks_tune_a_share_each_and_every_rank_gets_one_file(tmp_path):
     assert {r["mode"] for r in results} == {"sharded"} and {r["warning"] for r in results} == {None}
     shares = results[0]["shares"]  # rank 0 saw every rank's report
     assert [s["rank"] for s in shares] == [0, 1, 2, 3]
-    items = 2 * 2 * 7 + 5  # 2 GEMMs x 2 backends x 7 buckets + the MoE's 5 buckets
-    assert sum(s["items"] for s in shares) == items and all(s["items"] > 0 for s in shares)
+    # one item per (op, shape, backend), all its buckets in one call: 2 GEMMs x 2 backends
+    # + the MoE = 5 units >= 4 ranks, so nothing is cut into bucket ranges
+    assert sum(s["items"] for s in shares) == 5 and all(s["items"] > 0 for s in shares)
+    assert all(label.endswith(("M<=64", "M<=16")) for label in results[0]["items"]), results[0]["items"]
     data = the_file(tmp_path, 0).read_bytes()
     assert the_file(tmp_path, 1).read_bytes() == data  # each node's local rank 0 wrote it
     assert {g["sha_file"] for r in results for g in r["per_rank"]} == {results[0]["sha256"]}
@@ -60,6 +62,24 @@ def test_the_bytes_do_not_depend_on_the_split(tmp_path):
     outs = flat(run_pods(ShardedJob(str(root), tuning="rank0"), pods=1, per_pod=3))
     assert all(o.ok for o in outs), [o.error for o in outs]
     assert the_file(root).read_bytes() == the_file(tmp_path / "w3").read_bytes()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_moe_cut_into_bucket_ranges_gives_rank0s_bytes(tmp_path, world):
+    """One unit (the fused MoE, additive) and more ranks: it is cut into bucket ranges, one
+    per rank; the merged file, MoE keys of every rank included, is rank0's byte for byte."""
+    outs = flat(run_pods(ShardedJob(str(tmp_path / "sharded"), moe_only=True), pods=1, per_pod=world))
+    assert all(o.ok for o in outs), [o.error for o in outs]
+    result = outs[0].result
+    assert len(result["items"]) == world and all("moe M=" in label for label in result["items"]), result["items"]
+    assert [s["items"] for s in result["shares"]] == [1] * world
+    outs = flat(run_pods(ShardedJob(str(tmp_path / "rank0"), moe_only=True, tuning="rank0"), pods=1, per_pod=world))
+    assert all(o.ok for o in outs), [o.error for o in outs]
+    data = the_file(tmp_path / "sharded").read_bytes()
+    assert data == the_file(tmp_path / "rank0").read_bytes()
+    doc = json.loads(data)
+    assert sum(1 for k in doc if not k.startswith("_")) == 5 * world  # 5 buckets under every rank key
+    assert tactics.missing_moe_keys(doc, world, 1, [(t, 0) for t in range(world)]) == []
 
 
 def test_different_gpu_models_fall_back_to_rank0_on_every_rank(tmp_path):

@@ -100,7 +100,7 @@ class AutotuneJob:
         from kernel_warmer.flashinfer.sharded import cover, share_sharded
 
         ops = [AutoTuneOp(**o) for o in self.ops]
-        items = work_items(ops, backends_by_op(self.bf16_backends, self.fp8_backends))
+        items = work_items(ops, backends_by_op(self.bf16_backends, self.fp8_backends), world.world_size)
         root = Path(self.flashinfer_root)
         key = current_env_key()
         log = lambda s: print(s, flush=True)  # noqa: E731

@@ -182,9 +182,13 @@ def _variants(op: AutoTuneOp, backends: dict[str, tuple[str, ...]], arch_moe: An
 
 
 def _tune_one(label: str, fn: Callable[[], None], op: AutoTuneOp, report: TuneReport, device: Any,
-              log: Callable[[str], None], bucket: Optional[int] = None) -> None:
+              log: Callable[[str], None], item: Optional[WorkItem] = None) -> None:
+    """Run ``fn`` (choose_one profiles), record it as tuned with its seconds, or as skipped
+    with why; a sharded ``item`` adds its M buckets to the record."""
     import torch
 
+    where = {} if item is None else {"buckets": list(item.buckets)}
+    m = f"M<={op.m_max}" if item is None else item.m_label()
     start = time.monotonic()
     try:
         fn()
@@ -195,14 +199,11 @@ def _tune_one(label: str, fn: Callable[[], None], op: AutoTuneOp, report: TuneRe
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
         reason = f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        where = {} if bucket is None else {"bucket": bucket}
         report.skipped.append({**op.to_dict(), **where, "reason": reason})
-        log(f"flashinfer: skip {op.op} n={op.n} k={op.k} {reason}")
+        log(f"flashinfer: skip {op.op} n={op.n} k={op.k} {m} {reason}")
         return
     secs = time.monotonic() - start
-    where = {} if bucket is None else {"bucket": bucket}
     report.tuned.append({**op.to_dict(), **where, "variant": label, "seconds": round(secs, 3)})
-    m = f"M<={op.m_max}" if bucket is None else f"M={bucket}"
     log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} {m} {label} in {secs:.1f}s")
 
 
@@ -262,20 +263,30 @@ def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, ar
 
 
 def _item_fn(item: WorkItem, arch_moe: Any, device: Any) -> tuple[str, Callable[[], None]]:
-    op = item.op
+    """The call for one item, at M = its largest bucket (m_max for a whole unit)."""
+    op, m = item.op, item.buckets[-1]
     if op.op == MOE_OP:
         t, e = op.rank_keys()[0]
         return (f"tp_rank={t} ep_rank={e}, written for {len(op.rank_keys())} rank(s)",
-                lambda: _run_moe(op, arch_moe, t, e, device, m=item.bucket))
-    return f"backend={item.variant}", lambda: _run_gemm(dataclasses.replace(op, m_max=item.bucket), item.variant, device)
+                lambda: _run_moe(op, arch_moe, t, e, device, m=m))
+    return f"backend={item.variant}", lambda: _run_gemm(dataclasses.replace(op, m_max=m), item.variant, device)
+
+
+def _bucket_scope(item: WorkItem) -> contextlib.AbstractContextManager:
+    """A whole unit runs as rank 0 runs it (the op's own buckets up to m_max); a bucket
+    range inside ``autotune(tuning_buckets=range)``, which profiles exactly those."""
+    if item.whole:
+        return contextlib.nullcontext()
+    from flashinfer.autotuner import autotune
+
+    return autotune(tune_mode=True, tuning_buckets=item.buckets)
 
 
 def tune_items(items: list[WorkItem], cache_path: Path, *, arch_moe: Any, device: Any,
                log: Callable[[str], None] = print) -> TuneReport:
-    """Profile this rank's share, one M bucket at a time: each item runs its op at
-    M = bucket inside ``autotune(tuning_buckets=(bucket,))``, so ``choose_one`` profiles
-    that bucket alone and stores it under the key a server looks up (plan/shard.py). The
-    fused MoE is tuned for its first rank key; rank 0 covers the others after the merge."""
+    """Profile this rank's share: each item is one call, over all its op's buckets by
+    default, or over a range of them where the plan cut an additive unit (plan/shard.py).
+    The fused MoE is tuned for its first rank key; rank 0 covers the others after the merge."""
     from flashinfer.autotuner import autotune
 
     report = TuneReport()
@@ -285,7 +296,7 @@ def tune_items(items: list[WorkItem], cache_path: Path, *, arch_moe: Any, device
         for item in items:
             beat.update(item.label())
             label, fn = _item_fn(item, arch_moe, device)
-            with autotune(tune_mode=True, tuning_buckets=(item.bucket,)):
-                _tune_one(label, fn, item.op, report, device, log, bucket=item.bucket)
+            with _bucket_scope(item):
+                _tune_one(label, fn, item.op, report, device, log, item)
     report.seconds = time.monotonic() - t0
     return report

@@ -1,12 +1,20 @@
 """Sharded FlashInfer tuning: the planned work as items, and each rank's share (pure).
 
-One *work item* is one (op, shape, variant, M bucket): a GEMM backend or the fused MoE,
-profiled at one bucket of FlashInfer's hybrid M buckets. FlashInfer 0.6.18 allows tuning
-one bucket apart from the others: inside ``autotune(tuning_buckets=(b,))`` ``choose_one``
-profiles only bucket ``b``, and the entry's file key holds the nearest profile, which the
-override's mapper and the op's default mapper both map to ``b``, so the entry is the one a
-server looks up for M in that bucket (autotuner.py: ``_generate_optimization_profiles``,
-``_find_nearest_profile``, ``ProfilingCacheKey.file_key``).
+One *unit* is one (op, shape, variant): a GEMM backend or the fused MoE, tuned over all
+its M buckets in one call, as rank 0 tunes it (``choose_one`` profiles every bucket of
+FlashInfer's hybrid table up to m_max). By default one work item is one unit: the GPU run
+of 2026-11-27 (docs/BENCHMARKS.md, issue 15) showed that cuDNN's tuning cost is paid per
+call, not per bucket (one bucket alone took about as long as all seven), so splitting a
+unit by bucket multiplied the total work.
+
+Only when the plan has fewer units than ranks, and only for a unit whose cost is known to
+grow bucket by bucket (``TuneCost.additive``: the fused MoE), is a unit cut into
+contiguous M-bucket ranges, the heaviest first, halving, until there is an item per rank
+or nothing left to cut. FlashInfer 0.6.18 tunes a range apart from the others: inside
+``autotune(tuning_buckets=range)`` ``choose_one`` profiles exactly those buckets, and each
+entry's file key holds its bucket, which the override's mapper and the op's default mapper
+both map to itself, so the entries are the ones a server looks up (autotuner.py:
+``_apply_tuning_overrides``, ``_generate_optimization_profiles``, ``_find_nearest_profile``).
 
 Items are dealt to ranks by longest-processing-time first (heaviest item to the least
 loaded rank, ties to the lower rank; items ordered by cost, then by their key), so every
@@ -21,29 +29,48 @@ from typing import Iterable, Mapping
 
 from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
 
-# Seconds to tune one M bucket of one (shape, variant), by op and variant (backend).
-# Sources (docs/BENCHMARKS.md, FlashInfer autotune, 2x/1x H200):
-# - bf16 cuDNN: "the cuDNN backend dominates (11-26 s per shape)" for up to 8 buckets
-#   (M <= 128): ~2 s a bucket;
-# - bf16 cuBLASLt: Llama-3-8B TP 1, M <= 128, 4 shapes x 2 backends took 62.1 s, of which
-#   cuDNN ~4 x 13 s; the remaining ~10 s over 32 buckets: ~0.3 s a bucket;
-# - fused MoE: not measured yet (issue 12's cold run stopped in the JIT build); assumed
-#   3 s a bucket for gemm1 + gemm2 together, to be replaced by bench_autotune_broadcast.py's
-#   per-item times;
-# - fp8/fp4 GEMMs and other backends: not measured; 1 s a bucket.
-COST_PER_BUCKET_S: dict[tuple[str, str], float] = {
-    ("bf16_gemm", "cudnn"): 2.0,
-    ("bf16_gemm", "cublaslt"): 0.3,
-    (MOE_OP, "moe"): 3.0,
+
+@dataclass(frozen=True)
+class TuneCost:
+    """Seconds to tune one unit: ``per_call_s`` once per ``choose_one`` call whatever its
+    buckets, plus ``per_bucket_s`` for each bucket profiled. ``additive``: measured to cost
+    bucket by bucket (no per-call part), so a unit may be cut into bucket ranges."""
+
+    per_call_s: float
+    per_bucket_s: float = 0.0
+    additive: bool = False
+
+    def seconds(self, buckets: int) -> float:
+        return round(self.per_call_s + self.per_bucket_s * buckets, 6)
+
+
+MOE_VARIANT = "moe"
+
+# Measured on one host with 4x NVIDIA H100 80GB HBM3 (2 GPUs used), 2026-11-27, while the
+# host's CPUs were partly busy with an nvcc build (docs/BENCHMARKS.md, issue 15; M <= 64,
+# 7 buckets). Only their ratio matters to the split; the absolute times carry the CPU
+# contention of that run.
+TUNE_COSTS: dict[tuple[str, str], TuneCost] = {
+    # Llama-3-8B bf16 TP 2: rank0's longest unit, all 7 buckets in one call, 10.6 s
+    # (n=4096 k=2048); sharded, one bucket alone (n=3072 k=4096, M=1) took 13.3 s.
+    # The cost is per call: one bucket costs what seven do.
+    ("bf16_gemm", "cudnn"): TuneCost(per_call_s=10.6),
+    # same run: rank0 tuned 4 cuDNN + 4 cuBLASLt units in 21.4 GPU-s, so everything but
+    # the 10.6 s unit took 10.8 s together; cuBLASLt's share was not timed apart: small,
+    # 0.5 s a unit is an estimate below that average.
+    ("bf16_gemm", "cublaslt"): TuneCost(per_call_s=0.5),
+    # Qwen3-30B-A3B bf16 TP 2, --moe-backend flashinfer_cutlass, one bucket per call:
+    # 0.8-1.0 s each (gemm1 + gemm2), 7 buckets in 3.7 s wall on 2 GPUs: the time is spent
+    # bucket by bucket, so the unit is taken as additive (inferred: a 7-bucket call was not
+    # timed, the rank0 and every-rank MoE modes were not measured). Flat in M at M <= 64;
+    # larger buckets were not measured.
+    (MOE_OP, MOE_VARIANT): TuneCost(per_call_s=0.0, per_bucket_s=0.9, additive=True),
 }
-DEFAULT_COST_S = 1.0
-# Profiling one bucket grows mildly with M (bigger inputs per timed run): a guess, 1 + M/4096.
-M_SCALE = 4096
+# fp8/fp4 GEMMs and other backends: not measured; one call of 1 s, never cut.
+DEFAULT_COST = TuneCost(per_call_s=1.0)
 
 # FlashInfer's hybrid bucket phases (flashinfer/fused_moe/utils.py).
 _PHASE1_END, _PHASE2_STEP, _PHASE2_END, _PHASE3_STEP, _PHASE3_END = 256, 256, 2048, 512, 4096
-
-MOE_VARIANT = "moe"
 
 
 def hybrid_buckets(max_num_tokens: int) -> tuple[int, ...]:
@@ -73,31 +100,40 @@ def hybrid_buckets(max_num_tokens: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One (op, variant, M bucket) to profile; ``op_index`` is the op's place in the plan."""
+    """One (op, variant) tuned over ``buckets`` in one call; ``op_index`` is the op's
+    place in the plan. ``whole``: every bucket of the op, tuned as rank 0 tunes it."""
 
     op_index: int
     op: AutoTuneOp
     variant: str  # the GEMM backend, or "moe"
-    bucket: int
+    buckets: tuple[int, ...]
     cost: float
 
+    @property
+    def whole(self) -> bool:
+        return self.buckets == hybrid_buckets(self.op.m_max)
+
     def sort_key(self) -> tuple:
-        return (self.op.op, self.op.n, self.op.k, self.op.mode, self.variant, self.bucket)
+        return (self.op.op, self.op.n, self.op.k, self.op.mode, self.variant, self.buckets)
+
+    def m_label(self) -> str:
+        return f"M<={self.op.m_max}" if self.whole else "M=" + ",".join(map(str, self.buckets))
 
     def label(self) -> str:
-        return f"{self.op.op} n={self.op.n} k={self.op.k} {self.variant} M={self.bucket}"
+        return f"{self.op.op} n={self.op.n} k={self.op.k} {self.variant} {self.m_label()}"
 
     def to_dict(self) -> dict:
         return {"op_index": self.op_index, "op": self.op.to_dict(), "variant": self.variant,
-                "bucket": self.bucket, "cost": self.cost}
+                "buckets": list(self.buckets), "cost": self.cost}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "WorkItem":
-        return cls(int(d["op_index"]), AutoTuneOp(**d["op"]), str(d["variant"]), int(d["bucket"]), float(d["cost"]))
+        return cls(int(d["op_index"]), AutoTuneOp(**d["op"]), str(d["variant"]),
+                   tuple(int(b) for b in d["buckets"]), float(d["cost"]))
 
 
-def item_cost(op: str, variant: str, bucket: int, weights: Mapping[tuple[str, str], float] = COST_PER_BUCKET_S) -> float:
-    return round(weights.get((op, variant), DEFAULT_COST_S) * (1.0 + bucket / M_SCALE), 6)
+def cost_of(op: str, variant: str, costs: Mapping[tuple[str, str], TuneCost] = TUNE_COSTS) -> TuneCost:
+    return costs.get((op, variant), DEFAULT_COST)
 
 
 def variants_of(op: AutoTuneOp, backends: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
@@ -107,14 +143,44 @@ def variants_of(op: AutoTuneOp, backends: Mapping[str, Iterable[str]]) -> tuple[
     return tuple(backends.get(op.op, ()))
 
 
-def work_items(ops: list[AutoTuneOp], backends: Mapping[str, Iterable[str]],
-               weights: Mapping[tuple[str, str], float] = COST_PER_BUCKET_S) -> list[WorkItem]:
-    """Every (op, variant, bucket) of the plan, plan order."""
-    items = []
+def units(ops: list[AutoTuneOp], backends: Mapping[str, Iterable[str]],
+          costs: Mapping[tuple[str, str], TuneCost] = TUNE_COSTS) -> list[WorkItem]:
+    """One item per (op, variant) of the plan, over all its buckets, plan order."""
+    out = []
     for i, op in enumerate(ops):
+        buckets = hybrid_buckets(op.m_max)
         for variant in variants_of(op, backends):
-            for b in hybrid_buckets(op.m_max):
-                items.append(WorkItem(i, op, variant, b, item_cost(op.op, variant, b, weights)))
+            out.append(WorkItem(i, op, variant, buckets, cost_of(op.op, variant, costs).seconds(len(buckets))))
+    return out
+
+
+def halve(item: WorkItem, costs: Mapping[tuple[str, str], TuneCost] = TUNE_COSTS) -> tuple[WorkItem, WorkItem]:
+    """Two contiguous bucket ranges, the lower one the smaller when the count is odd."""
+    cut = len(item.buckets) // 2
+    if cut == 0:
+        raise ValueError(f"{item.label()}: one bucket cannot be halved")
+    cost = cost_of(item.op.op, item.variant, costs)
+    lo, hi = item.buckets[:cut], item.buckets[cut:]
+    return (WorkItem(item.op_index, item.op, item.variant, lo, cost.seconds(len(lo))),
+            WorkItem(item.op_index, item.op, item.variant, hi, cost.seconds(len(hi))))
+
+
+def _cuttable(item: WorkItem, costs: Mapping[tuple[str, str], TuneCost]) -> bool:
+    return cost_of(item.op.op, item.variant, costs).additive and len(item.buckets) > 1
+
+
+def work_items(ops: list[AutoTuneOp], backends: Mapping[str, Iterable[str]], world_size: int = 1,
+               costs: Mapping[tuple[str, str], TuneCost] = TUNE_COSTS) -> list[WorkItem]:
+    """The plan's units; while there are fewer items than ranks, the heaviest additive
+    item (ties by key) is halved into two bucket ranges. Plan order, ranges in M order."""
+    items = units(ops, backends, costs)
+    while len(items) < world_size:
+        cuttable = [it for it in items if _cuttable(it, costs)]
+        if not cuttable:
+            break
+        heaviest = min(cuttable, key=lambda it: (-it.cost, it.sort_key()))
+        at = items.index(heaviest)
+        items[at:at + 1] = halve(heaviest, costs)
     return items
 
 
