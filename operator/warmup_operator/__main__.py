@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 import kopf
 
 from warmup_operator import config
-from warmup_operator import handlers  # noqa: F401 - importing it registers the kopf handlers
+from warmup_operator import handlers  # importing it registers the kopf handlers
 
 LOG_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
 
@@ -20,6 +20,9 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     if cfg.kubeconfig:
         from warmup_operator.kube import use_kubeconfig
         use_kubeconfig(cfg.kubeconfig)
+    if cfg.webhook.enabled:  # the admission webhook's handlers (issue 13; kopf needs them before it starts)
+        from warmup_operator import webhook
+        webhook.register(handlers.controller)
     kopf.configure(verbose=cfg.verbose, log_format=LOG_FORMATS[cfg.log_format])
     if not cfg.verbose:  # kopf logs every handler run at INFO; keep the operator's own lines
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Optional
 
 from warmup_operator.core import names
@@ -17,6 +17,58 @@ from warmup_operator.core.lease import Timing
 from warmup_operator.core.trust import DEFAULT_HOSTPATH_ALLOWED, TrustPolicy, clean_abs_path
 
 LOG_FORMATS = ("json", "plain", "full")
+
+
+# --- the admission webhook (issue 13; webhook.py, certs.py) ---------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    port: int = 0  # --webhook-port / $KERNEL_WARMUP_WEBHOOK_PORT; 0: no webhook (the controller alone injects)
+    bind: str = "127.0.0.1"  # --webhook-bind / $KERNEL_WARMUP_WEBHOOK_BIND, else $POD_IP, else loopback
+    # --webhook-host / $KERNEL_WARMUP_WEBHOOK_HOSTS: the names the API server calls it by
+    # (the made certificate's SANs; default: the bind address)
+    hosts: tuple[str, ...] = ()
+    # --webhook-configuration / $KERNEL_WARMUP_WEBHOOK_CONFIGURATION: the
+    # MutatingWebhookConfiguration whose caBundle the operator fills ('': cert-manager does)
+    configuration: str = ""
+    # --webhook-cert-dir / $KERNEL_WARMUP_WEBHOOK_CERT_DIR: tls.crt and tls.key from there
+    # (cert-manager's Secret) instead of a certificate made at start-up
+    cert_dir: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.port > 0
+
+    @property
+    def cert_hosts(self) -> tuple[str, ...]:
+        return self.hosts or (self.bind,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "WebhookConfig":
+        d = cls()
+        return cls(port=int(env.get("KERNEL_WARMUP_WEBHOOK_PORT", d.port)),
+                   bind=env.get("KERNEL_WARMUP_WEBHOOK_BIND") or env.get("POD_IP") or d.bind,
+                   hosts=_env_list(env, "KERNEL_WARMUP_WEBHOOK_HOSTS", d.hosts),
+                   configuration=env.get("KERNEL_WARMUP_WEBHOOK_CONFIGURATION", d.configuration),
+                   cert_dir=env.get("KERNEL_WARMUP_WEBHOOK_CERT_DIR", d.cert_dir))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: "WebhookConfig") -> "WebhookConfig":
+        return cls(port=args.webhook_port, bind=args.webhook_bind, hosts=tuple(args.webhook_host or base.hosts),
+                   configuration=args.webhook_configuration, cert_dir=args.webhook_cert_dir)
+
+
+def add_webhook_flags(ap: argparse.ArgumentParser, d: WebhookConfig) -> None:
+    ap.add_argument("--webhook-port", type=int, default=d.port,
+                    help="serve the mutating admission webhook (HTTPS) on this port; 0: no webhook")
+    ap.add_argument("--webhook-bind", default=d.bind, help="address the webhook listens on")
+    ap.add_argument("--webhook-host", action="append", metavar="NAME",
+                    help="a DNS name or IP the API server calls the webhook by (repeatable; the certificate's names)")
+    ap.add_argument("--webhook-configuration", default=d.configuration, metavar="NAME",
+                    help="MutatingWebhookConfiguration whose caBundle the operator fills with its CA")
+    ap.add_argument("--webhook-cert-dir", default=d.cert_dir, metavar="DIR",
+                    help="use DIR/tls.crt and DIR/tls.key (e.g. from cert-manager) instead of making a certificate")
 
 
 @dataclass(frozen=True)
@@ -49,6 +101,7 @@ class OperatorConfig:
     # $KERNEL_WARMUP_ALLOWED_HOSTPATHS (comma-separated): what a KernelWarmup may ask for
     policy: TrustPolicy = TrustPolicy()
     leader: LeaderElection = LeaderElection()
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)  # the admission webhook (issue 13)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "OperatorConfig":
@@ -68,6 +121,7 @@ class OperatorConfig:
                 hostpath_allowed=_env_list(env, "KERNEL_WARMUP_ALLOWED_HOSTPATHS", d.policy.hostpath_allowed)),
             leader=replace(d.leader, enabled=env.get("KERNEL_WARMUP_LEADER_ELECT", "") in ("1", "true"),
                            namespace=env.get("POD_NAMESPACE", ""), identity=env.get("POD_NAME", "")),
+            webhook=WebhookConfig.from_env(env),
         )
 
     @classmethod
@@ -85,7 +139,7 @@ class OperatorConfig:
         return replace(base, leader=leader, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
                        liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,
                        log_format=args.log_format, verbose=args.verbose, metrics_bind=args.metrics_bind,
-                       policy=policy)
+                       policy=policy, webhook=WebhookConfig.from_args(args, base.webhook))
 
 
 def _env_list(env: Mapping[str, str], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -141,6 +195,7 @@ def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
     ap.add_argument("--allow-hostpath", action="append", metavar="PATH",
                     help="a node folder spec.cache.hostPath.path may name, exactly (repeatable; default "
                          f"{', '.join(DEFAULT_HOSTPATH_ALLOWED)})")
+    add_webhook_flags(ap, defaults.webhook)
     ap.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
     ap.add_argument("--verbose", "-v", action="store_true")
     _add_leader_flags(ap, defaults.leader)

@@ -31,7 +31,8 @@ def controller() -> Controller:
     if _controller is None:
         from warmup_operator.kube import Kube
         cfg = config.current()
-        _controller = Controller(Kube(), bootstrap_image=cfg.bootstrap_image, emit=_emit, policy=cfg.policy)
+        _controller = Controller(Kube(), bootstrap_image=cfg.bootstrap_image, emit=_emit, policy=cfg.policy,
+                                 admission=cfg.webhook.enabled)
     return _controller
 
 
@@ -70,6 +71,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 300
     settings.execution.max_workers = config.current().workers
     controller()
+    if config.current().webhook.enabled:  # the admission webhook (issue 13)
+        from warmup_operator import webhook
+        webhook.configure(settings, config.current().webhook, controller().kube)
 
 
 # --- indexes -------------------------------------------------------------------------

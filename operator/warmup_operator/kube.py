@@ -170,6 +170,41 @@ class Kube:
             self._crd_cache[name] = crd
         return crd
 
+    # --- the admission webhook (webhook.py) -------------------------------------------------
+
+    def whoami(self) -> Optional[str]:
+        """The operator's own user name (SelfSubjectReview; None when it cannot be asked)."""
+        try:
+            review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        except self._kubernetes.client.exceptions.ApiException as exc:
+            log.warning("cannot ask the API who the operator is: %s", _brief(exc))
+            return None
+        return (((review or {}).get("status") or {}).get("userInfo") or {}).get("username")
+
+    WEBHOOK_CONFIGS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+    def put_ca_bundle(self, name: str, merge: Callable[[str], str]) -> bool:
+        """Set every webhook's caBundle in the MutatingWebhookConfiguration ``name`` to
+        ``merge(current)``, guarded by its resourceVersion (a replica that wrote meanwhile
+        makes us read again). False when there is nothing to change."""
+        for _ in range(5):
+            conf = self._call("GET", f"{self.WEBHOOK_CONFIGS}/{name}")
+            hooks = conf.get("webhooks") or []
+            new = [merge(((h.get("clientConfig") or {}).get("caBundle")) or "") for h in hooks]
+            if all(n == (h.get("clientConfig") or {}).get("caBundle") for n, h in zip(new, hooks)):
+                return False
+            patch = {"metadata": {"resourceVersion": conf["metadata"]["resourceVersion"]},
+                     "webhooks": [{"name": h["name"], "clientConfig": {"caBundle": n}} for h, n in zip(hooks, new)]}
+            try:
+                self._call_once("PATCH", f"{self.WEBHOOK_CONFIGS}/{name}", body=patch, query=None,  # no retry of a 409
+                                content_type="application/strategic-merge-patch+json")
+                return True
+            except self._kubernetes.client.exceptions.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"MutatingWebhookConfiguration {name}: caBundle kept changing under us (5 tries)")
+
     # --- the leader-election Lease (leader.py) ---------------------------------------------
 
     def get_lease(self, namespace: str, name: str) -> Optional[dict]:

@@ -51,6 +51,9 @@ ADMISSION_FAILURES = Counter("kernel_warmup_admission_failures_total",
                              "Admission requests this replica could not answer with an injection, by reason", ["reason"])
 LEADER = Gauge("kernel_warmup_leader", "1 while this replica holds the leader Lease and runs the controller handlers")
 LEADER_ACQUISITIONS = Counter("kernel_warmup_leader_acquisitions_total", "Times this replica acquired the leader Lease")
+# the admission webhook (webhook.py): answers by kind and action (inject/remove/none/error)
+ADMISSIONS = Counter("kernel_warmup_admissions_total", "Workload writes answered by the admission webhook",
+                     ["kind", "action"])
 
 for _reason in RECONCILE_ERROR_REASONS:
     RECONCILE_ERRORS.labels(_reason)

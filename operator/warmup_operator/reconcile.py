@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterable, Optional
 from kernel_warmer.faults import fault_point
 from warmup_operator import metrics
 from warmup_operator.core import names
-from warmup_operator.core.decide import CRRecord, Decision, decide
+from warmup_operator.core.admission import injected_parts, missed_admission
+from warmup_operator.core.decide import CRRecord, Decision, apply_body, decide
+from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec
 from warmup_operator.core.kinds import KINDS, LEADERWORKERSET, WorkloadKind
 from warmup_operator.core.status import (
@@ -62,7 +64,7 @@ class Outcome:
 
 class Controller:
     def __init__(self, kube: Any, *, bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
-                 emit: Optional[Emit] = None, policy: TrustPolicy = TrustPolicy()):
+                 emit: Optional[Emit] = None, policy: TrustPolicy = TrustPolicy(), admission: bool = False):
         self.kube = kube
         self.bootstrap_image = bootstrap_image
         self.policy = policy
@@ -75,6 +77,10 @@ class Controller:
         # Every KernelWarmup of the cluster (the handlers keep it current from their index);
         # None: only the namespace's are known.
         self.cluster_crs: Optional[list[CRRecord]] = None
+        # The admission webhook injects users' writes (issue 13): the controller then adopts
+        # what it wrote before changing it, and reports the writes it had to inject itself.
+        self.admission = admission
+        self.late: dict[tuple[str, str, str], tuple[str, str]] = {}  # (kind, ns, name) -> (hash, why)
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._locks_guard:
@@ -101,6 +107,10 @@ class Controller:
                 return Decision("none", d.kind, d.name, d.namespace, owner=d.owner, error=err)
         return d
 
+    def decision(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Decision:
+        """What the controller would do to ``obj`` (the webhook asks the same question)."""
+        return self._decide(kind, obj, crs)
+
     def reconcile_workload(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Outcome:
         """Bring one workload to the state the KernelWarmups ask for (idempotent)."""
         d = self._decide(kind, obj, crs)
@@ -114,6 +124,8 @@ class Controller:
             if d.action == "none":
                 return Outcome(d)
             try:
+                if self.admission:
+                    self._adopt(kind, live, d)
                 self.kube.apply(kind, d.namespace, d.name, d.body)
             except Exception as exc:  # noqa: BLE001 - reported, retried by the caller
                 metrics.RECONCILE_ERRORS.labels("apply").inc()
@@ -127,6 +139,8 @@ class Controller:
             fault_point("applied")
             self.apply_errors.pop((kind.kind, d.namespace, d.name), None)
         metrics.INJECTIONS.labels(kind.kind, d.action).inc()
+        if self.admission and d.action == "inject":
+            self._report_missed_admission(kind, live, d, crs)
         verb = "Injected" if d.action == "inject" else "Removed"
         text = (f"kernel warmup from KernelWarmup {d.owner} (hash {d.hash})" if d.action == "inject"
                 else "kernel warmup injection removed")
@@ -138,6 +152,30 @@ class Controller:
         for w in d.warnings:
             self.emit(ref(live, kind), "Warning", "KernelWarmupWarning", w)
         return Outcome(d, applied=True)
+
+    def _adopt(self, kind: WorkloadKind, live: Any, d: Decision) -> None:
+        """Own what the webhook injected before changing it: fields a webhook adds belong to
+        no field manager, so an apply without them would not remove them. The apply writes
+        the live values back (no change, no rollout)."""
+        parts = {}
+        for path, t in templates(kind, live):
+            frag = injected_parts(t)
+            if frag:
+                parts = deep_merge(parts, nest(path, frag))
+        if parts:
+            self.kube.apply(kind, d.namespace, d.name, apply_body(kind, d.name, d.namespace, parts))
+
+    def _report_missed_admission(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord]) -> None:
+        """A write the webhook should have injected, injected now by the controller: say so
+        (an Event on the workload and the KernelWarmup, and the target's status)."""
+        owner = next((c for c in crs if c.name == d.owner), None)
+        why = missed_admission(owner, live) if owner is not None else None
+        if not why:
+            return
+        self.late[(kind.kind, d.namespace, d.name)] = (d.hash or "", why)
+        log.warning("%s %s/%s: %s", kind.kind, d.namespace, d.name, why)
+        self.emit(ref(live, kind), "Warning", "InjectedAfterAdmission", why)
+        self.emit(cr_ref(owner), "Warning", "InjectedAfterAdmission", f"{kind.kind}/{d.name}: {why}")
 
     def _apply_failed(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord], msg: str) -> None:
         """Remember a failed apply for the status and say it once in Events (a 422 or 403
@@ -187,6 +225,9 @@ class Controller:
             msg = str(d.error) if d.error else "; ".join(d.warnings)
             reason = getattr(d.error, "reason", "InjectionFailed") if d.error else ""
             injected = d.action == "none" and d.error is None
+            late_hash, late_why = self.late.get((kind.kind, cr.namespace, d.name), ("", ""))
+            if injected and not msg and late_why and late_hash == d.hash:
+                msg, reason = late_why, "InjectedAfterAdmission"
             if injected and not msg:  # an admission refusal's words could quote the template's env
                 msg, reason = replica_failure(st)
                 msg = redact(msg, env_literals(kind, obj))

@@ -122,4 +122,14 @@ podAntiAffinity:
           matchLabels:
             {{- include "kernel-warmup.selectorLabels" . | nindent 12 }}
   {{- end }}
+
+{{/*
+The names the API server calls the webhook Service by (its certificate's names).
+*/}}
+{{- define "kernel-warmup.webhookHosts" -}}
+{{- $svc := printf "%s-webhook" (include "kernel-warmup.fullname" .) }}
+- {{ $svc }}
+- {{ $svc }}.{{ .Release.Namespace }}
+- {{ $svc }}.{{ .Release.Namespace }}.svc
+- {{ $svc }}.{{ .Release.Namespace }}.svc.cluster.local
 {{- end }}

@@ -30,6 +30,7 @@ class CRRecord:
     generation: int = 0
     spec: dict = field(default_factory=dict)
     deleting: bool = False
+    observed_generation: int = 0  # status.observedGeneration: the generation its status was last written for
 
     @classmethod
     def from_body(cls, body: Any) -> "CRRecord":
@@ -38,6 +39,7 @@ class CRRecord:
             name=meta.get("name", ""), namespace=meta.get("namespace", ""), uid=meta.get("uid", ""),
             created=meta.get("creationTimestamp") or "", generation=int(meta.get("generation") or 0),
             spec=dict(body.get("spec") or {}), deleting=bool(meta.get("deletionTimestamp")),
+            observed_generation=int((body.get("status") or {}).get("observedGeneration") or 0),
         )
 
     def parsed(self) -> Union[KernelWarmupSpec, SpecInvalid]:

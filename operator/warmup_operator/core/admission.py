@@ -1,0 +1,140 @@
+"""What the mutating admission webhook does to a workload being written (pure).
+
+The webhook and the controller reach the same answer through the same code: ``decide``
+says inject / remove / nothing for the object as the user wrote it, and the templates the
+webhook returns are what server-side apply makes of the controller's fragment:
+
+- inject: the user's view of the template (``uninject.user_view``) with the fragment merged
+  in as server-side apply merges keyed lists (entries with a known key merged in place, new
+  entries appended; initContainers, volumes and containers by name, env by name,
+  volumeMounts by mountPath);
+- remove: the user's view of the template (the user's own PYTHONPATH value included).
+
+Nothing here ever refuses a write: an answer the webhook cannot give leaves the object as
+written, and the controller repairs it afterwards (``missed_admission`` says why that
+happened, for the status and an Event)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from warmup_operator.core import names, trust, uninject
+from warmup_operator.core.decide import CRRecord, Decision
+from warmup_operator.core.dicts import get_path
+from warmup_operator.core.kinds import WorkloadKind
+from warmup_operator.core.targets import templates
+
+# The keyed lists of a pod template, and the key each is merged by (as the API's schema
+# declares them: x-kubernetes-list-map-keys / patchMergeKey).
+LIST_KEYS = {"initContainers": "name", "volumes": "name", "containers": "name", "env": "name",
+             "volumeMounts": "mountPath"}
+
+# Issue 17's seam: a gate sees the decision before the webhook injects and may hold the
+# new injection back (returns why, e.g. "prewarm of hash X pending"); the template is then
+# left as the user wrote it and the controller takes over once the gate opens.
+Gate = Callable[[Decision], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Admission:
+    decision: Decision
+    # template path -> the template to write there (empty: leave the object as written)
+    templates: dict[tuple[str, ...], dict] = field(default_factory=dict)
+    note: str = ""  # for the log and the write's warnings: why nothing changed, or what did
+
+
+def merge_keyed(live: Any, fragment: Any, list_key: Optional[str] = None) -> Any:
+    """``fragment`` merged into ``live`` as server-side apply merges (a new object)."""
+    if isinstance(fragment, Mapping) and isinstance(live, Mapping):
+        out = copy.deepcopy(dict(live))
+        for k, v in fragment.items():
+            out[k] = merge_keyed(live.get(k), v, k)
+        return out
+    key = LIST_KEYS.get(list_key or "")
+    if key and isinstance(fragment, list) and isinstance(live, list):
+        out_list = copy.deepcopy(live)
+        where = {item.get(key): i for i, item in enumerate(out_list) if isinstance(item, Mapping)}
+        for item in fragment:
+            if item.get(key) in where:
+                i = where[item[key]]
+                out_list[i] = merge_keyed(out_list[i], item)
+            else:
+                out_list.append(copy.deepcopy(item))
+        return out_list
+    return copy.deepcopy(fragment)
+
+
+def injected_template(live_template: dict, fragment: dict) -> dict:
+    """The template once ``fragment`` (the controller's apply) replaces what was injected."""
+    return merge_keyed(uninject.user_view(live_template), fragment)
+
+
+def admit(kind: WorkloadKind, obj: Mapping[str, Any], d: Decision, gate: Optional[Gate] = None) -> Admission:
+    """The templates to write for ``obj`` as admitted, given the controller's decision for
+    it (``decide``, or the controller's ``decision`` with its LeaderWorkerSet check)."""
+    tmpls = templates(kind, obj)
+    if d.action == "none":
+        return Admission(d, note=f"not injected: {d.error}" if d.error and _opted_in(obj) else "")
+    if d.action == "remove":
+        return Admission(d, {p: uninject.user_view(t) for p, t in tmpls}, note="injection removed")
+    held = gate(d) if gate is not None else None
+    if held:
+        return Admission(d, note=f"injection held back: {held}")
+    new = {p: injected_template(t, get_path(d.body or {}, p) or {}) for p, t in tmpls}
+    return Admission(d, new, note=f"injected from KernelWarmup {d.owner} (hash {d.hash})")
+
+
+def _opted_in(obj: Mapping[str, Any]) -> bool:
+    meta = obj.get("metadata") or {}
+    return trust.OPT_IN in (meta.get("labels") or {}) or trust.OPT_IN in (meta.get("annotations") or {})
+
+
+def injected_parts(template: dict) -> dict:
+    """Everything of the operator's in a live template, as a fragment (the inverse of
+    ``user_view``): applying it changes no value, it only makes the operator's field
+    manager own what the webhook wrote (fields a webhook adds belong to no manager)."""
+    meta_ann = ((template or {}).get("metadata") or {}).get("annotations") or {}
+    spec = (template or {}).get("spec") or {}
+    ours = {k: v for k, v in meta_ann.items() if k in (names.ANN_HASH, names.ANN_INJECTED_BY)}
+    out: dict[str, Any] = {"metadata": {"annotations": ours}} if ours else {}
+    body: dict[str, Any] = {}
+    init = [c for c in spec.get("initContainers") or [] if c.get("name") in names.INIT_CONTAINERS]
+    vols = [v for v in spec.get("volumes") or [] if v.get("name") in names.VOLUMES]
+    containers = [c for c in (_container_parts(c, bool(ours)) for c in spec.get("containers") or []) if c]
+    for key, items in (("initContainers", init), ("volumes", vols), ("containers", containers)):
+        if items:
+            body[key] = copy.deepcopy(items)
+    if body:
+        out["spec"] = body
+    return out
+
+
+def _container_parts(c: dict, prefixed_pythonpath_is_ours: bool) -> Optional[dict]:
+    env = [e for e in c.get("env") or [] if e.get("name") in names.SERVING_ENV
+           or (prefixed_pythonpath_is_ours and e.get("name") == names.ENV_PYTHONPATH
+               and str(e.get("value") or "").split(":")[0] == names.PKG_SITE_DIR)]
+    mounts = [m for m in c.get("volumeMounts") or [] if m.get("name") in names.VOLUMES]
+    if not env and not mounts:
+        return None
+    part: dict[str, Any] = {"name": c.get("name")}
+    if env:
+        part["env"] = env
+    if mounts:
+        part["volumeMounts"] = mounts
+    return part
+
+
+def missed_admission(cr: CRRecord, obj: Mapping[str, Any]) -> Optional[str]:
+    """Why the controller has to inject a workload the webhook should have injected at its
+    last write (None: the KernelWarmup itself changed since its status was written, which
+    is the controller's job)."""
+    if cr.generation != cr.observed_generation:
+        return None
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if trust.OPT_IN not in labels:
+        return (f"opted in by annotation only: the admission webhook selects workloads by the label {trust.OPT_IN}, "
+                "so this write was injected afterwards by the controller (a second rollout); set the label instead")
+    return ("written without injection (the admission webhook did not answer: operator down or unreachable, and "
+            "failurePolicy Ignore let the write through); injected afterwards by the controller (a second rollout)")
