@@ -5,10 +5,12 @@ says inject / remove / nothing for the object as the user wrote it, and the temp
 webhook returns are what server-side apply makes of the controller's fragment:
 
 - inject: the user's view of the template (``uninject.user_view``) with the fragment merged
-  in as server-side apply merges keyed lists (entries with a known key merged in place, new
-  entries appended; initContainers, volumes and containers by name, env by name,
-  volumeMounts by mountPath);
-- remove: the user's view of the template (the user's own PYTHONPATH value included).
+  in as server-side apply merges keyed lists (initContainers, volumes and containers by
+  name, env by name, volumeMounts by mountPath; in the order the API server's merge gives);
+- remove: the user's view of the template (the user's own PYTHONPATH value included);
+- nothing (injected with the current hash): the fragment merged over the template as it
+  is, which puts back an injected value the write reset (``kubectl apply`` of the user's
+  own manifest resets a prefixed PYTHONPATH to the user's value).
 
 Nothing here ever refuses a write: an answer the webhook cannot give leaves the object as
 written, and the controller repairs it afterwards (``missed_admission`` says why that
@@ -54,16 +56,49 @@ def merge_keyed(live: Any, fragment: Any, list_key: Optional[str] = None) -> Any
         return out
     key = LIST_KEYS.get(list_key or "")
     if key and isinstance(fragment, list) and isinstance(live, list):
-        out_list = copy.deepcopy(live)
-        where = {item.get(key): i for i, item in enumerate(out_list) if isinstance(item, Mapping)}
-        for item in fragment:
-            if item.get(key) in where:
-                i = where[item[key]]
-                out_list[i] = merge_keyed(out_list[i], item)
-            else:
-                out_list.append(copy.deepcopy(item))
-        return out_list
+        return _merge_list(live, fragment, key)
     return copy.deepcopy(fragment)
+
+
+def _merge_list(live: list, applied: list, key: str) -> list:
+    """Two keyed lists merged in the order server-side apply gives them: the live order,
+    except that entries both lists hold come in the applied list's order, and an applied
+    entry the live list lacks comes right before the next shared one (or at the end).
+    (structured-merge-diff's associative-list merge, which the API server runs.)"""
+    live_by = {item.get(key): item for item in live}
+    applied_by = {item.get(key): item for item in applied}
+    shared = [k for k in applied_by if k in live_by]  # in the applied order
+    nxt = 0  # shared[nxt]: the shared entry due next
+    out: list = []
+    done: set = set()
+    li = ri = 0
+    while li < len(live) or ri < len(applied):
+        lk = live[li].get(key) if li < len(live) else None
+        due = shared[nxt] if nxt < len(shared) else None
+        if li < len(live) and ri < len(applied):
+            if lk == applied[ri].get(key):
+                out.append(merge_keyed(live[li], applied[ri]))
+                done.add(lk)
+                li, ri, nxt = li + 1, ri + 1, nxt + 1
+                continue
+            if lk in applied_by and due is not None and due != lk:  # shared, but not its turn yet
+                li += 1
+                continue
+        if li < len(live):
+            if lk not in applied_by:
+                out.append(copy.deepcopy(live[li]))
+                li += 1
+                continue
+            if lk in done:
+                li += 1
+        if ri < len(applied):
+            rk = applied[ri].get(key)
+            out.append(merge_keyed(live_by[rk], applied[ri]) if rk in live_by else copy.deepcopy(applied[ri]))
+            done.add(rk)
+            ri += 1
+            if due is not None and due == rk:
+                nxt += 1
+    return out
 
 
 def injected_template(live_template: dict, fragment: dict) -> dict:
@@ -75,6 +110,10 @@ def admit(kind: WorkloadKind, obj: Mapping[str, Any], d: Decision, gate: Optiona
     """The templates to write for ``obj`` as admitted, given the controller's decision for
     it (``decide``, or the controller's ``decision`` with its LeaderWorkerSet check)."""
     tmpls = templates(kind, obj)
+    if d.action == "none" and d.body is not None:  # injected with this hash: put back what the write reset
+        fixed = {p: merge_keyed(t, get_path(d.body, p) or {}) for p, t in tmpls}
+        fixed = {p: t for p, t in fixed.items() if t != get_path(obj, p)}
+        return Admission(d, fixed, note="injected values the write had reset put back" if fixed else "")
     if d.action == "none":
         return Admission(d, note=f"not injected: {d.error}" if d.error and _opted_in(obj) else "")
     if d.action == "remove":

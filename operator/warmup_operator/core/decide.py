@@ -133,9 +133,9 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         # removed the init containers but left the annotation: drift, re-applied).
         up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
                          and uninject.injected_parts_present(t) for (_, t), d in zip(tmpls, desired))
-        if up_to_date:
-            return Decision("none", **base, owner=owner.name, hash=h, conflicts=conflicts, warnings=tuple(warnings),
-                            engine=engine)
+        if up_to_date:  # the body too: the admission webhook repairs values a write reset (core/admission.py)
+            return Decision("none", **base, owner=owner.name, hash=h, body=apply_body(kind, name, namespace, merged),
+                            conflicts=conflicts, warnings=tuple(warnings), engine=engine)
         return Decision("inject", **base, owner=owner.name, hash=h, body=apply_body(kind, name, namespace, merged),
                         conflicts=conflicts, warnings=tuple(warnings), engine=engine)
 
