@@ -170,12 +170,14 @@ def test_lint_and_template(tools, values):
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     if values is None:
         assert parsed.namespaces == () and parsed.log_format == "json"
-        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
-                         "RoleBinding", "Service", "ServiceAccount"]
+        assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment",
+                         "MutatingWebhookConfiguration", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
+                         "Service", "ServiceAccount"]
     else:
         assert parsed.namespaces == ("team-a", "team-b") and parsed.log_format == "plain"
-        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "Role",
-                         "Role", "RoleBinding", "RoleBinding", "RoleBinding", "Service", "ServiceAccount"]
+        assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment",
+                         "MutatingWebhookConfiguration", "PodDisruptionBudget", "Role", "Role", "Role",
+                         "RoleBinding", "RoleBinding", "RoleBinding", "Service", "Service", "ServiceAccount"]
         assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == [RELEASE_NS, "team-a", "team-b"]
         # The one ClusterRole grants only cluster-scoped reads, nothing namespaced.
         cr = next(d for d in docs if d["kind"] == "ClusterRole")
@@ -186,13 +188,61 @@ def test_lint_and_template(tools, values):
 def test_values_reach_the_operator_flags(tools):
     docs = render(tools, "--set", "metrics.enabled=false", "--set", "warmer.bootstrapImage=reg.local/warm:1",
                   "--set", "operator.verbose=true", "--set", "operator.resyncSeconds=30", "--set", "image.tag=9.9.9")
-    assert "Service" not in {d["kind"] for d in docs}
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["kernel-warmup-webhook"]
     c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     from warmup_operator.config import OperatorConfig
     parsed = OperatorConfig.from_args(c["args"], POD_ENV)
     assert parsed.metrics_port == 0 and parsed.verbose and parsed.bootstrap_image == "reg.local/warm:1"
     assert c["image"].endswith(":9.9.9") and "metrics" not in {p["name"] for p in c["ports"]}
     assert {"name": "KERNEL_WARMUP_RESYNC_SECONDS", "value": "30"} in c["env"]
+
+
+def test_webhook_manifests(tools):
+    """The admission webhook: opted-in workloads only, never blocking, the operator's CA
+    (get/patch on this one configuration) or cert-manager's, and off when disabled."""
+    from warmup_operator.config import OperatorConfig
+    from warmup_operator.core.trust import OPT_IN
+
+    def parts(*args):
+        docs = render(tools, *args)
+        by_kind = {d["kind"]: d for d in docs}
+        c = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        return docs, by_kind, c, OperatorConfig.from_args(c["args"], env={"POD_IP": "10.0.0.9"})
+
+    docs, by_kind, c, cfg = parts()
+    hook = by_kind["MutatingWebhookConfiguration"]["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] <= 5 and hook["sideEffects"] == "None"
+    assert hook["objectSelector"] == {"matchExpressions": [{"key": OPT_IN, "operator": "Exists"}]}
+    assert "namespaceSelector" not in hook
+    assert {(r["apiGroups"][0], res) for r in hook["rules"] for res in r["resources"]} == {
+        ("apps", "deployments"), ("apps", "statefulsets"), ("leaderworkerset.x-k8s.io", "leaderworkersets")}
+    assert all(r["operations"] == ["CREATE", "UPDATE"] for r in hook["rules"])
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == hook["clientConfig"]["service"]["name"])
+    assert hook["clientConfig"]["service"]["path"] == "/inject" and svc["spec"]["ports"][0]["targetPort"] == "webhook"
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
+    assert cfg.webhook.port == 9443 and cfg.webhook.bind == "10.0.0.9"
+    assert cfg.webhook.configuration == "kernel-warmup" and f"kernel-warmup-webhook.{RELEASE_NS}.svc" in cfg.webhook.cert_hosts
+    webhook_rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]
+                     if "mutatingwebhookconfigurations" in r["resources"]]
+    assert webhook_rules == [{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+                              "resourceNames": ["kernel-warmup"], "verbs": ["get", "patch"]}]
+
+    docs, by_kind, c, cfg = parts("-f", str(NAMESPACED_VALUES))
+    sel = by_kind["MutatingWebhookConfiguration"]["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]
+    assert sel == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+
+    docs, by_kind, c, cfg = parts("--set", "webhook.certificates=cert-manager")
+    assert cfg.webhook.cert_dir == "/webhook-tls" and cfg.webhook.configuration == ""
+    assert by_kind["MutatingWebhookConfiguration"]["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{RELEASE_NS}/kernel-warmup-webhook"}
+    assert set(by_kind["Certificate"]["spec"]["dnsNames"]) == set(cfg.webhook.cert_hosts)
+    assert not any("mutatingwebhookconfigurations" in r["resources"] for r in rules_of(docs))
+    vol = next(v for v in by_kind["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "webhook-tls")
+    assert vol["secret"]["secretName"] == by_kind["Certificate"]["spec"]["secretName"]
+
+    docs, by_kind, c, cfg = parts("--set", "webhook.enabled=false")
+    assert "MutatingWebhookConfiguration" not in by_kind and not cfg.webhook.enabled
+    assert not any("mutatingwebhookconfigurations" in r["resources"] for r in rules_of(docs))
 
 
 def test_bad_values_name_the_field(tools):

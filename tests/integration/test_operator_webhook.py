@@ -357,3 +357,32 @@ def test_operator_down_during_an_edit(cluster, hook):
     user_change(cluster, "deployment", "llm", ns, "image", 8)
     assert steady(cluster, "deployment", "llm", ns, 4) == 4
     assert injected(cluster, "deployment", "llm", ns)
+
+
+@pytest.mark.parametrize("verb", ["get", "patch"])
+def test_each_webhook_verb_is_needed(cluster, hook, verb):
+    """The chart grants get and patch on its one MutatingWebhookConfiguration and nothing
+    else for the webhook; without either, the operator (as the chart's ServiceAccount) is
+    denied and cannot put its CA into the caBundle."""
+    name = f"{CONFIG}-webhook"
+    role = json.loads(cluster.kubectl_run("get", "clusterrole", name, "-o", "json").stdout)
+    assert role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+                              "resourceNames": [CONFIG], "verbs": ["get", "patch"]}]
+    cut = copy.deepcopy(role)
+    cut["rules"][0]["verbs"].remove(verb)
+    cluster.kubectl_run("replace", "-f", "-", input=json.dumps(cut))
+    hook["op"].stop()
+    before = ca_bundle(cluster)
+    op = OperatorProcess(hook["kubeconfig"], hook["dir"] / f"operator-no-{verb}.log", resync_seconds=RESYNC_S,
+                         extra_args=("--webhook-port", str(hook["port"]), "--webhook-bind", "127.0.0.1",
+                                     "--webhook-configuration", CONFIG))
+    try:
+        with op:
+            wait_for("the denial", lambda: "cannot set the caBundle" in op.log_path.read_text(), timeout_s=30)
+            assert "403" in op.log_path.read_text()
+            assert ca_bundle(cluster) == before
+    finally:
+        for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+            role["metadata"].pop(key, None)
+        cluster.kubectl_run("replace", "-f", "-", input=json.dumps(role))
+        hook["op"] = start_operator(cluster, hook)
