@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Operator throughput: N KernelWarmups over M Deployments on the real local control plane.
+"""Operator throughput: N KernelWarmups over M Deployments on the real local control plane,
+and the admission webhook (issue 13): write latency and rollouts per user edit.
 
 Times from applying the KernelWarmups until every selected Deployment's template carries
 the injection, and reads the operator's peak RSS. Two ways side by side in one run:
 Deployments created *before* the KernelWarmups (CR handlers inject) and *after* them
 (the workload watch injects); the ratio of the two is printed.
 
-    python bench/bench_operator.py [--crs 20] [--deployments 200] [--kubeconfig K]
+The webhook part (bench_webhook.py) compares, in one run, workloads the webhook injects
+(opted in by label) with the same workloads the controller alone injects (annotation
+only): the latency of 50 concurrent writes through the API server, and rollouts
+(ReplicaSets) per user edit over 200 edits.
+
+    python bench/bench_operator.py [--crs 20] [--deployments 200] [--kubeconfig K] [--part all|injection|webhook]
 
 Without --kubeconfig it starts its own control plane (devcluster) in a temp folder.
 """
@@ -22,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / "devcluster")]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "initcontainer"), str(ROOT / "devcluster"), str(ROOT / "bench")]
 
 from operator_process import OperatorProcess  # noqa: E402
 
@@ -93,6 +99,9 @@ def main() -> int:
     ap.add_argument("--deployments", type=int, default=200)
     ap.add_argument("--kubeconfig", type=Path)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--part", choices=("all", "injection", "webhook"), default="all")
+    ap.add_argument("--edits", type=int, default=200, help="webhook part: user edits per way")
+    ap.add_argument("--concurrency", type=int, default=50, help="webhook part: concurrent writes")
     args = ap.parse_args()
     import devcluster
 
@@ -104,33 +113,41 @@ def main() -> int:
     else:
         kubeconfig = args.kubeconfig
     k = Kubectl(devcluster.build()["kubectl"], kubeconfig)
-    rows = []
     try:
-        k("apply", "-f", str(CRD))
-        k("wait", "--for=condition=Established", "crd/kernelwarmups.kernelwarmup.dev")
-        log = Path(tempfile.mkdtemp(prefix="bench-operator-log-")) / "operator.log"
-        with OperatorProcess(kubeconfig, log, resync_seconds=30) as op:
-            stamp = int(time.time())
-            spaces = []
-            for label, crs_first in (("workloads first, then KernelWarmups", False),
-                                     ("KernelWarmups first, then workloads", True)):
-                ns = f"bench-{'late' if crs_first else 'early'}-{stamp}"
-                spaces.append(ns)
-                secs = scenario(k, ns, args.crs, args.deployments, crs_first, args.timeout)
-                rows.append((label, secs, op.peak_rss_mib()))
-            time.sleep(3)  # let any late duplicate show up before counting
-        text = log.read_text(errors="replace")
-        injections = sum(text.count(f"Injected Deployment {ns}/") for ns in spaces)
+        if args.part in ("all", "injection"):
+            injection_part(k, kubeconfig, args)
+        if args.part in ("all", "webhook"):
+            import bench_webhook
+            bench_webhook.run(k, kubeconfig, devcluster.build(), args.edits, args.concurrency)
     finally:
         if tmp is not None:
             devcluster.down(tmp)
+    return 0
+
+
+def injection_part(k: Kubectl, kubeconfig: Path, args: argparse.Namespace) -> None:
+    rows = []
+    k("apply", "-f", str(CRD))
+    k("wait", "--for=condition=Established", "crd/kernelwarmups.kernelwarmup.dev")
+    log = Path(tempfile.mkdtemp(prefix="bench-operator-log-")) / "operator.log"
+    with OperatorProcess(kubeconfig, log, resync_seconds=30) as op:
+        stamp = int(time.time())
+        spaces = []
+        for label, crs_first in (("workloads first, then KernelWarmups", False),
+                                 ("KernelWarmups first, then workloads", True)):
+            ns = f"bench-{'late' if crs_first else 'early'}-{stamp}"
+            spaces.append(ns)
+            secs = scenario(k, ns, args.crs, args.deployments, crs_first, args.timeout)
+            rows.append((label, secs, op.peak_rss_mib()))
+        time.sleep(3)  # let any late duplicate show up before counting
+    text = log.read_text(errors="replace")
+    injections = sum(text.count(f"Injected Deployment {ns}/") for ns in spaces)
     print(f"\n{args.crs} KernelWarmups over {args.deployments} Deployments (operator log: {log})")
     print(f"{'scenario':40s} {'all injected (s)':>17s} {'per workload (ms)':>18s} {'peak RSS (MiB)':>15s}")
     for label, secs, rss in rows:
         print(f"{label:40s} {secs:17.2f} {1000 * secs / args.deployments:18.1f} {rss:15.1f}")
     print(f"ratio (first / second): {rows[0][1] / rows[1][1]:.2f}; injections applied: {injections:.0f} "
           f"(expected {2 * args.deployments}: one per workload, no repeats)")
-    return 0
 
 
 if __name__ == "__main__":
