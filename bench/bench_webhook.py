@@ -124,6 +124,8 @@ def wait(what: str, fn, timeout_s: float = 300) -> None:
 
 def rollouts_per_edit(apps: Any, deployments: list[str], edits: int, concurrency: int) -> float:
     """Rounds of one image change per Deployment, each settled before the next."""
+    wait("earlier writes rolled out", lambda: synced(apps, deployments))
+    time.sleep(2.0)
     before = revisions(apps, set(deployments)), replicasets(apps, set(deployments))
     done = 0
     for rnd in range(1, edits // len(deployments) + 1):
