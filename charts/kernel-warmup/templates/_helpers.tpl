@@ -122,6 +122,7 @@ podAntiAffinity:
           matchLabels:
             {{- include "kernel-warmup.selectorLabels" . | nindent 12 }}
   {{- end }}
+{{- end }}
 
 {{/*
 The names the API server calls the webhook Service by (its certificate's names).
