@@ -207,7 +207,7 @@ def test_webhook_manifests(tools):
         docs = render(tools, *args)
         by_kind = {d["kind"]: d for d in docs}
         c = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-        return docs, by_kind, c, OperatorConfig.from_args(c["args"], env={"POD_IP": "10.0.0.9"})
+        return docs, by_kind, c, OperatorConfig.from_args(c["args"], env={**POD_ENV, "POD_IP": "10.0.0.9"})
 
     docs, by_kind, c, cfg = parts()
     hook = by_kind["MutatingWebhookConfiguration"]["webhooks"][0]
