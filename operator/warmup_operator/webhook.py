@@ -89,23 +89,41 @@ def _set(path: tuple[str, ...], value: dict, body: dict) -> None:
 # --- start-up: the server, its certificate, the caBundle --------------------------------------
 
 
+_started: Optional[tuple[str, str, Optional[bytes]]] = None  # (certfile, keyfile, our CA) of this process
+_start_lock = threading.Lock()
+
+
 def configure(settings: kopf.OperatorSettings, cfg: WebhookConfig, kube: Any) -> None:
-    """kopf's webhook server with our certificate; the CA into the configuration."""
-    global _self_user
-    _self_user = kube.whoami()
-    if cfg.cert_dir:
-        certfile, keyfile, ca = f"{cfg.cert_dir}/tls.crt", f"{cfg.cert_dir}/tls.key", None
-    else:
-        made = certs.make_serving_cert(cfg.cert_hosts)
-        (certfile, keyfile), ca = certs.write_private(made), made.ca_pem
+    """kopf's webhook server with our certificate; the CA into the configuration. Once per
+    process: under --leader-elect a replica runs kopf twice (replica.py) and this startup
+    step in both; the second gets the same certificate and no second caBundle keeper (its
+    server is then switched off: only the serving operator listens)."""
+    global _self_user, _started
+    with _start_lock:
+        first = _started is None
+        if first:
+            _self_user = kube.whoami()
+            _started = _certificate(cfg)
+        certfile, keyfile, ca = _started
     settings.admission.server = kopf.WebhookServer(addr=cfg.bind, port=cfg.port, certfile=certfile, pkeyfile=keyfile)
     settings.admission.managed = None  # the configuration is the installer's (chart)
+    if not first:
+        return
     if ca is not None and cfg.configuration:
         threading.Thread(target=_keep_ca_bundle, args=(kube, cfg.configuration, ca), name="webhook-ca",
                          daemon=True).start()
     log.info("admission webhook on %s:%d (certificate for %s; %s)", cfg.bind, cfg.port, ", ".join(cfg.cert_hosts),
              f"CA into MutatingWebhookConfiguration {cfg.configuration}" if ca is not None and cfg.configuration
              else "caBundle filled by the installer")
+
+
+def _certificate(cfg: WebhookConfig) -> tuple[str, str, Optional[bytes]]:
+    """(certfile, keyfile, CA to publish): cert-manager's files, or a fresh pair of ours."""
+    if cfg.cert_dir:
+        return f"{cfg.cert_dir}/tls.crt", f"{cfg.cert_dir}/tls.key", None
+    made = certs.make_serving_cert(cfg.cert_hosts)
+    certfile, keyfile = certs.write_private(made)
+    return str(certfile), str(keyfile), made.ca_pem
 
 
 def _keep_ca_bundle(kube: Any, name: str, ca_pem: bytes) -> None:
