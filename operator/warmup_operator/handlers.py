@@ -172,6 +172,7 @@ def kw_deleted(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None
     record = CRRecord.from_body(body)
     crs = _crs(kw_index, namespace, exclude_uid=record.uid)
     outcomes = controller().reconcile_namespace(namespace, _workloads(namespace, indexes), crs, only_for=record)
+    controller().prewarm.delete_for_cr(namespace, record.name)  # no prewarm Job outlives its KernelWarmup
     errors = controller().removal_errors(record, outcomes, dict(body.get("status") or {}))
     if errors:
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
@@ -211,6 +212,17 @@ def register_kinds() -> None:
 
 
 register_kinds()
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_PREWARM_CR: kopf.PRESENT})
+def prewarm_job_event(body: Any, type: Optional[str], namespace: str, kw_index: Any, **indexes: Any) -> None:
+    """A prewarm Job changed (finished, say): reconcile its target now, not at the next resync."""
+    target = ((body.get("metadata") or {}).get("annotations") or {}).get(names.ANN_PREWARM_TARGET, "")
+    kind_name, _, name = target.partition("/")
+    kind = KINDS.get(kind_name)
+    obj = next((o for k, o in _workloads(namespace, indexes) if k is kind and o["metadata"].get("name") == name), None)
+    if kind is not None and obj is not None and type != "DELETED":
+        _on_workload(kind, obj, None, namespace, kw_index)
 
 
 @kopf.on.event("", "v1", "pods", annotations={names.ANN_INJECTED_BY: kopf.PRESENT})

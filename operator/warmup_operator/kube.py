@@ -19,6 +19,7 @@ from warmup_operator import config, metrics
 from warmup_operator.config import OperatorConfig
 from warmup_operator.core import names
 from warmup_operator.core.kinds import WorkloadKind
+from warmup_operator.kube_prewarm import PrewarmApi
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _retry_after(resp: Any) -> Optional[float]:
         return None
 
 
-class Kube:
+class Kube(PrewarmApi):
     def __init__(self, api_client: Any = None, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] = time.sleep, timeout_s: tuple[float, float] = (10, 60)):
         import kubernetes

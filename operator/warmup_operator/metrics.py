@@ -26,6 +26,7 @@ OUTCOMES = ("succeeded", "failed")
 RECONCILE_ERROR_REASONS = ("invalid_spec", "injection", "apply", "workload")
 ADMISSION_FAILURE_REASONS = ("error", "timeout", "refused")
 WORKLOAD = ("kernelwarmup", "model", "node", "outcome")
+PREWARM_OUTCOMES = ("succeeded", "failed", "timeout", "superseded")
 
 INJECTIONS = Counter("kernel_warmup_injections_total", "Pod-template changes applied by the operator",
                      ["kind", "action"])
@@ -54,7 +55,12 @@ LEADER_ACQUISITIONS = Counter("kernel_warmup_leader_acquisitions_total", "Times 
 # the admission webhook (webhook.py): answers by kind and action (inject/remove/none/error)
 ADMISSIONS = Counter("kernel_warmup_admissions_total", "Workload writes answered by the admission webhook",
                      ["kind", "action"])
+PREWARM_SECONDS = Histogram("kernel_warmup_prewarm_seconds", "Prewarm Jobs, from their start to their end, by outcome",
+                            ["outcome"], buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+PREWARMS = Counter("kernel_warmup_prewarms_total", "Prewarm Jobs ended, by outcome", ["outcome"])
 
+for _outcome in PREWARM_OUTCOMES:
+    PREWARMS.labels(_outcome)
 for _reason in RECONCILE_ERROR_REASONS:
     RECONCILE_ERRORS.labels(_reason)
 for _reason in ADMISSION_FAILURE_REASONS:

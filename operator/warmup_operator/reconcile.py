@@ -16,7 +16,7 @@ from kernel_warmer.faults import fault_point
 from warmup_operator import metrics
 from warmup_operator.core import names
 from warmup_operator.core.admission import injected_parts, missed_admission
-from warmup_operator.core.decide import CRRecord, Decision, apply_body, decide
+from warmup_operator.core.decide import CRRecord, Decision, apply_body, cr_ref, decide
 from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec
 from warmup_operator.core.kinds import KINDS, LEADERWORKERSET, WorkloadKind
@@ -33,6 +33,7 @@ from warmup_operator.core.status import (
 from warmup_operator.core.targets import lists_are_keyed, selects, templates
 from warmup_operator.core.uninject import live_hash
 from warmup_operator.core.trust import TrustPolicy, not_opted_in
+from warmup_operator.prewarm import Prewarmer
 from warmup_operator.redact import env_literals, redact
 
 log = logging.getLogger("warmup_operator")
@@ -49,17 +50,13 @@ def ref(obj: Any, kind: Optional[WorkloadKind] = None) -> dict:
             "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")}}
 
 
-def cr_ref(cr: CRRecord) -> dict:
-    return {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.KIND,
-            "metadata": {"name": cr.name, "namespace": cr.namespace, "uid": cr.uid}}
-
-
 @dataclass
 class Outcome:
     decision: Decision
     applied: bool = False
     error: str = ""
     status: Optional[int] = None  # the API's HTTP status of a failed apply
+    held: bool = False  # not applied: a prewarm Job runs first, or failed under failurePolicy Fail
 
 
 class Controller:
@@ -81,6 +78,7 @@ class Controller:
         # what it wrote before changing it, and reports the writes it had to inject itself.
         self.admission = admission
         self.late: dict[tuple[str, str, str], tuple[str, str]] = {}  # (kind, ns, name) -> (hash, why)
+        self.prewarm = Prewarmer(kube, self.emit, bootstrap_image)
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._locks_guard:
@@ -121,8 +119,12 @@ class Controller:
             if live is None:
                 return Outcome(Decision("none", d.kind, d.name, d.namespace))
             d = self._decide(kind, live, crs)
+            if d.action != "inject" and self.prewarm.pending(kind.kind, d.namespace, d.name):
+                self.prewarm.forget(kind, d.namespace, d.name)
             if d.action == "none":
                 return Outcome(d)
+            if d.action == "inject" and not self._prewarmed(kind, live, d, crs):
+                return Outcome(d, held=True)
             try:
                 if self.admission:
                     self._adopt(kind, live, d)
@@ -176,6 +178,15 @@ class Controller:
         log.warning("%s %s/%s: %s", kind.kind, d.namespace, d.name, why)
         self.emit(ref(live, kind), "Warning", "InjectedAfterAdmission", why)
         self.emit(cr_ref(owner), "Warning", "InjectedAfterAdmission", f"{kind.kind}/{d.name}: {why}")
+
+    def _prewarmed(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord]) -> bool:
+        """Whether the new hash may be applied now: no prewarm applies, or its Jobs succeeded
+        (or failed under failurePolicy Ignore); core/prewarm.py and prewarm.py."""
+        owner = next((c for c in crs if c.name == d.owner and c.namespace == d.namespace), None)
+        spec = owner.parsed() if owner is not None else None
+        if not isinstance(spec, KernelWarmupSpec):
+            return True
+        return self.prewarm.gate(kind, live, d, owner, spec).action == "apply"
 
     def _apply_failed(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord], msg: str) -> None:
         """Remember a failed apply for the status and say it once in Events (a 422 or 403
@@ -231,8 +242,10 @@ class Controller:
             if injected and not msg:  # an admission refusal's words could quote the template's env
                 msg, reason = replica_failure(st)
                 msg = redact(msg, env_literals(kind, obj))
+            pw = self.prewarm.view(kind.kind, cr.namespace, d.name, d.hash) if d.error is None else None
+            msg, reason = prewarm_message(pw, injected, msg, reason)
             return TargetState(kind.kind, d.name, injected, d.hash or "", message=msg, reason=reason, engine=d.engine,
-                               **counts)
+                               prewarm=pw, **counts)
         if cr.name in d.conflicts:
             return TargetState(kind.kind, d.name, False, message=f"also selected by KernelWarmup {d.owner} (older); "
                                "this one is ignored", **counts)
@@ -297,8 +310,20 @@ class Controller:
         status (refused opt-in, image, hostPath, reserved names, FailedCreate ...)."""
         before = {(t.get("kind"), t.get("name"), t.get("message")) for t in (previous or {}).get("targets") or []}
         for t in targets:
-            if t.message and t.reason and t.reason != "ApplyFailed" and (t.kind, t.name, t.message) not in before:
+            if (t.message and t.reason and t.reason != "ApplyFailed" and not t.reason.startswith("Prewarm")
+                    and (t.kind, t.name, t.message) not in before):
                 self.emit(cr_ref(cr), "Warning", t.reason, f"{t.kind}/{t.name}: {t.message}")
+
+
+def prewarm_message(pw: Optional[dict], injected: bool, msg: str, reason: str) -> tuple[str, str]:
+    """A target's message and reason with its prewarm: waiting (Prewarming), refused by
+    failurePolicy Fail (PrewarmFailed / PrewarmTimedOut), or rolled out anyway (Ignore)."""
+    if pw is None or msg or pw.get("phase") in ("Succeeded", "NotUsed"):
+        return msg, reason
+    if not injected and pw.get("phase") == "Prewarming":
+        return pw.get("message", ""), "Prewarming"
+    failed = "PrewarmTimedOut" if pw.get("phase") == "TimedOut" else "PrewarmFailed"
+    return pw.get("message", ""), failed
 
 
 def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kernel_warmer.spec import WarmerSpec, camel
-from warmup_operator.core.kernelwarmup import WARMER_KEYS, parse_spec
+from warmup_operator.core.kernelwarmup import OPERATOR_KEYS, WARMER_KEYS, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
@@ -100,7 +100,7 @@ def test_fields_the_serving_command_sets_have_no_crd_default(crd):
 
 def test_crd_has_no_warmer_field_the_contract_lacks(crd):
     props = set(spec_schema(crd)["properties"])
-    operator_only = {"targets", "servingContainer", "cache", "warmer", "sitecustomize"}
+    operator_only = set(OPERATOR_KEYS)
     assert props - operator_only == set(WARMER_KEYS)
 
 

@@ -58,6 +58,10 @@ the code that uses it:
   (kube.Kube.apply, server-side apply).
 - pods list/watch: the warmup index reads init-container termination messages.
 - events create: kopf.event (the operator's and kopf's own Events); kopf only POSTs.
+- jobs list/watch (the prewarm Job watch, and kube_prewarm list_jobs: a target's Jobs by
+  label), create (create_job), delete (delete_job: superseded Jobs, a deleted
+  KernelWarmup's Jobs). No get, update or patch: Jobs are never changed in place.
+- persistentvolumeclaims get: kube_prewarm get_pvc (is a PVC cache shared across nodes?).
 */}}
 {{- define "kernel-warmup.namespacedRules" -}}
 - apiGroups: ["kernelwarmup.dev"]
@@ -81,6 +85,12 @@ the code that uses it:
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 {{- end }}
 
 {{/*
@@ -90,6 +100,7 @@ Cluster-scoped reads, granted in either scope:
   checks that its pod-template lists are keyed before it server-side applies into one.
 - namespaces get: a KernelWarmup asking for a hostPath cache is refused, with a status
   entry, where the namespace's Pod Security level refuses hostPath (core/trust.py).
+- nodes list: kube_prewarm list_nodes, the nodes spec.prewarm.nodes.selector matches.
 */}}
 {{- define "kernel-warmup.clusterReadRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
@@ -102,6 +113,9 @@ Cluster-scoped reads, granted in either scope:
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get"]
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
 {{- end }}
 
 {{/* Replicas on different nodes: preferred ("soft") or required ("hard"). */}}

@@ -46,6 +46,12 @@ class CRRecord:
         return _parse_cached(json.dumps(self.spec, sort_keys=True))
 
 
+def cr_ref(cr: CRRecord) -> dict:
+    """The KernelWarmup as an Event's involved object."""
+    return {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.KIND,
+            "metadata": {"name": cr.name, "namespace": cr.namespace, "uid": cr.uid}}
+
+
 @functools.lru_cache(maxsize=1024)
 def _parse_cached(spec_json: str) -> Union[KernelWarmupSpec, SpecInvalid]:
     """Specs are parsed once per content: every workload event consults every CR."""

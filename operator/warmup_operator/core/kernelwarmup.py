@@ -23,7 +23,7 @@ KINDS = tuple(WORKLOAD_KINDS)  # kind names, in the one list's order
 # Spec keys that belong to the warmer's contract (everything but cacheDir, which the
 # operator derives from cache.mountPath).
 WARMER_KEYS = tuple(camel(f.name) for f in dataclasses.fields(WarmerSpec) if f.name != "cache_dir")
-OPERATOR_KEYS = ("targets", "servingContainer", "cache", "warmer", "sitecustomize")
+OPERATOR_KEYS = ("targets", "servingContainer", "cache", "warmer", "sitecustomize", "prewarm")
 
 
 class SpecInvalid(FieldError):
@@ -62,6 +62,20 @@ class WarmerContainer:
 
 
 @dataclass(frozen=True)
+class PrewarmSpec:
+    """spec.prewarm: fill a shared cache with a Job before the rollout (core/prewarm.py)."""
+
+    enabled: bool = True
+    timeout_seconds: Optional[int] = None  # None: the warmer's timeoutSeconds + PREWARM_TIMEOUT_SLACK_S
+    nodes: Optional[str] = None  # hostPath only: "WorkloadPods" or "Selector" (None: no prewarm)
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    node_expressions: tuple[Requirement, ...] = ()
+
+
+NODE_SOURCES = ("WorkloadPods", "Selector")
+
+
+@dataclass(frozen=True)
 class KernelWarmupSpec:
     targets: Targets
     cache: CacheVolume
@@ -72,6 +86,7 @@ class KernelWarmupSpec:
     # the warmer fields exactly as the CR writes them (camelCase, cacheDir added): what the
     # serving command may fill in (core/serving.py) where the CR leaves a field unset
     warmer_fields: Mapping[str, Any] = field(default_factory=dict)
+    prewarm: PrewarmSpec = PrewarmSpec()
 
 
 def _obj(data: Any, where: str) -> dict:
@@ -89,24 +104,31 @@ def _str(data: Mapping, key: str, where: str, default: Optional[str] = None) -> 
     return value
 
 
+def parse_selector(data: Any, where: str) -> tuple[dict[str, str], tuple[Requirement, ...]]:
+    """A label selector (matchLabels, matchExpressions); an empty one is refused."""
+    sel = _obj(data, where)
+    labels = _obj(sel.get("matchLabels"), f"{where}.matchLabels")
+    exprs: list[Requirement] = []
+    for i, e in enumerate(sel.get("matchExpressions") or []):
+        e = _obj(e, f"{where}.matchExpressions[{i}]")
+        op = e.get("operator")
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            raise SpecInvalid(f"{where}.matchExpressions[{i}].operator",
+                              f"must be In, NotIn, Exists or DoesNotExist, got {op!r}")
+        exprs.append(Requirement(str(e.get("key", "")), op, tuple(e.get("values") or ())))
+    if not labels and not exprs:
+        raise SpecInvalid(where, "must set matchLabels or matchExpressions")
+    return dict(labels), tuple(exprs)
+
+
 def parse_targets(data: Any) -> Targets:
     where = "spec.targets"
     t = _obj(data, where)
     sel = t.get("selector")
     labels: dict[str, str] = {}
-    exprs: list[Requirement] = []
+    exprs: tuple[Requirement, ...] = ()
     if sel is not None:
-        sel = _obj(sel, f"{where}.selector")
-        labels = _obj(sel.get("matchLabels"), f"{where}.selector.matchLabels")
-        for i, e in enumerate(sel.get("matchExpressions") or []):
-            e = _obj(e, f"{where}.selector.matchExpressions[{i}]")
-            op = e.get("operator")
-            if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-                raise SpecInvalid(f"{where}.selector.matchExpressions[{i}].operator",
-                                  f"must be In, NotIn, Exists or DoesNotExist, got {op!r}")
-            exprs.append(Requirement(str(e.get("key", "")), op, tuple(e.get("values") or ())))
-        if not labels and not exprs:
-            raise SpecInvalid(f"{where}.selector", "must set matchLabels or matchExpressions")
+        labels, exprs = parse_selector(sel, f"{where}.selector")
     names_ = tuple(t.get("names") or ())
     if sel is None and not names_:
         raise SpecInvalid(where, "set spec.targets.selector or spec.targets.names")
@@ -168,6 +190,31 @@ def parse_container(data: Any) -> WarmerContainer:
     )
 
 
+def parse_prewarm(data: Any, cache: CacheVolume) -> PrewarmSpec:
+    """spec.prewarm; ``nodes`` only with a hostPath cache (one Job per node)."""
+    where = "spec.prewarm"
+    p = _obj(data, where)
+    enabled = p.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecInvalid(f"{where}.enabled", f"must be true or false, got {enabled!r}")
+    timeout = p.get("timeoutSeconds")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400):
+        raise SpecInvalid(f"{where}.timeoutSeconds", f"must be an integer from 1 to 86400, got {timeout!r}")
+    if p.get("nodes") is None:
+        return PrewarmSpec(enabled, timeout)
+    nodes = _obj(p.get("nodes"), f"{where}.nodes")
+    if "hostPath" not in cache.source:
+        raise SpecInvalid(f"{where}.nodes", "applies to a hostPath cache only (a PVC is one cache: one Job); "
+                          "remove it or use spec.cache.hostPath")
+    source = nodes.get("source")
+    if source not in NODE_SOURCES:
+        raise SpecInvalid(f"{where}.nodes.source", f"must be one of {', '.join(NODE_SOURCES)}, got {source!r:.80}")
+    if (source == "Selector") != (nodes.get("selector") is not None):
+        raise SpecInvalid(f"{where}.nodes.selector", "is required with source Selector and only allowed with it")
+    labels, exprs = parse_selector(nodes["selector"], f"{where}.nodes.selector") if source == "Selector" else ({}, ())
+    return PrewarmSpec(enabled, timeout, source, labels, exprs)
+
+
 def render_warmer(spec: Mapping[str, Any], cache_dir: str) -> WarmerSpec:
     """The warmer's contract from the CR's spec: parsed by the warmer's own model."""
     data = {k: spec[k] for k in WARMER_KEYS if k in spec}
@@ -200,4 +247,5 @@ def parse_spec(spec: Any) -> KernelWarmupSpec:
         raise SpecInvalid("spec.sitecustomize", f"must be true or false, got {site!r}")
     warmer = render_warmer(spec, cache.mount_path)
     fields = {**{k: spec[k] for k in WARMER_KEYS if k in spec}, "cacheDir": cache.mount_path}
-    return KernelWarmupSpec(targets, cache, container, warmer, serving, site, fields)
+    prewarm = parse_prewarm(spec.get("prewarm"), cache)
+    return KernelWarmupSpec(targets, cache, container, warmer, serving, site, fields, prewarm)

@@ -117,6 +117,7 @@ class TargetState:
     # spec path -> {"value", "from"}: what the warmer plans for, read from the serving command
     engine: Optional[dict] = None
     reason: str = ""  # a CamelCase word for Events and the Degraded condition
+    prewarm: Optional[dict] = None  # core/prewarm.status_entry: the prewarm Job(s) for this hash
 
     def to_status(self) -> dict:
         out: dict[str, Any] = {"kind": self.kind, "name": self.name, "injected": self.injected,
@@ -130,6 +131,8 @@ class TargetState:
                              for path, v in sorted(self.engine.items())]
         if self.reason:
             out["reason"] = self.reason
+        if self.prewarm:
+            out["prewarm"] = self.prewarm
         return out
 
 
@@ -192,18 +195,20 @@ def conditions(inp: StatusInputs) -> list[Condition]:
     if inp.spec_error:
         return [Condition("Ready", "False", "InvalidSpec", inp.spec_error),
                 Condition("Degraded", "True", "InvalidSpec", inp.spec_error)]
-    errors = [t for t in inp.targets if t.message and not t.injected]
+    errors = [t for t in inp.targets if t.message and not t.injected and t.reason != "Prewarming"]
     failing = [t for t in inp.targets if t.injected and t.reason == "FailedCreate"]
-    pending = [t for t in inp.targets if not t.injected and not t.message]
+    pending = [t for t in inp.targets if not t.injected and (not t.message or t.reason == "Prewarming")]
     if not inp.targets:
         ready = Condition("Ready", "False", "NoTargets", "no workload in this namespace matches spec.targets")
     elif errors or pending:
         names_ = ", ".join(f"{t.kind}/{t.name}" for t in (errors or pending))
-        ready = Condition("Ready", "False", "InjectionFailed" if errors else "Injecting", f"not injected yet: {names_}")
+        waiting = "Prewarming" if any(t.reason == "Prewarming" for t in pending) else "Injecting"
+        ready = Condition("Ready", "False", "InjectionFailed" if errors else waiting, f"not injected yet: {names_}")
     else:
         ready = Condition("Ready", "True", "Injected", f"{len(inp.targets)} workload(s) injected")
     if errors:
-        degraded = Condition("Degraded", "True", "InjectionFailed",
+        prewarm = {t.reason for t in errors} <= {"PrewarmFailed", "PrewarmTimedOut"}
+        degraded = Condition("Degraded", "True", errors[0].reason if prewarm else "InjectionFailed",
                              "; ".join(f"{t.kind}/{t.name}: {t.message}" for t in errors)[:MAX_MESSAGE])
     elif failing:
         degraded = Condition("Degraded", "True", "FailedCreate",
@@ -234,7 +239,8 @@ def compute_status(inp: StatusInputs, previous: Optional[dict], now: str) -> dic
     out: dict[str, Any] = {
         "observedGeneration": inp.generation,
         "targetsInjected": f"{injected}/{len(inp.targets)}",
-        "targets": [t.to_status() for t in sorted(inp.targets, key=lambda t: (t.kind, t.name))],
+        "targets": carry_prewarm([t.to_status() for t in sorted(inp.targets, key=lambda t: (t.kind, t.name))],
+                                 previous),
         "conditions": conds,
     }
     last = latest_warmup(inp.warmups)
@@ -321,6 +327,19 @@ def removal_stuck(previous: Optional[dict], message: str, now: str) -> dict:
          "lastTransitionTime": now},
         {"type": "Degraded", "status": "True", "reason": "RemovalFailed",
          "message": f"deletion waits for: {message}"[:MAX_MESSAGE], "lastTransitionTime": now}]}
+
+
+def carry_prewarm(targets: list[dict], previous: Optional[dict]) -> list[dict]:
+    """A target's prewarm entry outlives an operator restart (the Jobs may be gone by then):
+    kept from the previous status while the target's hash is the one it was prewarmed for."""
+    before = {(t.get("kind"), t.get("name")): t.get("prewarm") for t in (previous or {}).get("targets") or []}
+    out = []
+    for t in targets:
+        old = before.get((t["kind"], t["name"]))
+        if "prewarm" not in t and old and t.get("hash") and old.get("hash") == t.get("hash") and t.get("injected"):
+            t = {**t, "prewarm": old}
+        out.append(t)
+    return out
 
 
 def same_status(a: Optional[dict], b: Optional[dict]) -> bool:

@@ -1,0 +1,227 @@
+"""Prewarm before the rollout: the gate between a decision to inject a new hash and the apply.
+
+``Prewarmer.gate`` is asked by ``reconcile.Controller`` right before it would apply an
+injection with a new hash. Where ``core/prewarm.plan_for`` says the cache is shared, it
+finds this target's Jobs (by label; a restarted operator adopts them), deletes those for
+another hash (superseded), creates the missing ones, reads their state and Pods, and
+answers with a ``Verdict``: hold (Jobs running), apply (succeeded, or failed under
+failurePolicy Ignore) or block (failed under Fail). It also remembers each target's
+prewarm status entry, posts Events and counts the metric once per finished Job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+from warmup_operator import metrics
+from warmup_operator.core import names
+from warmup_operator.core import prewarm as core
+from warmup_operator.core.decide import CRRecord, Decision, cr_ref
+from warmup_operator.core.inject import build_injection
+from warmup_operator.core.kernelwarmup import KernelWarmupSpec
+from warmup_operator.core.kinds import WorkloadKind
+from warmup_operator.core.targets import templates
+from warmup_operator.core.uninject import live_hash, user_view
+from warmup_operator.redact import env_literals, redact
+
+log = logging.getLogger("warmup_operator")
+APPLY = core.Verdict("apply", "NotUsed")
+Key = tuple[str, str, str]  # (kind, namespace, workload)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class Prewarmer:
+    def __init__(self, kube: Any, emit: Callable[[dict, str, str, str], None], bootstrap_image: str):
+        self.kube = kube
+        self.emit = emit
+        self.bootstrap_image = bootstrap_image
+        self._views: dict[Key, dict] = {}  # the target's status entry (core.status_entry)
+        self._announced: set[str] = set()  # Job uids whose end was counted and announced
+        self._summaries: dict[str, Optional[dict]] = {}  # Job uid -> its Pod's summary (finished Jobs)
+        self._problems: dict[Key, str] = {}  # the last problem announced per target
+        self._lock = threading.Lock()
+
+    # --- what reconcile and the status read ---------------------------------------------
+
+    def view(self, kind: str, namespace: str, name: str, hash_: Optional[str]) -> Optional[dict]:
+        """The target's prewarm status entry, if it is about ``hash_``."""
+        with self._lock:
+            v = self._views.get((kind, namespace, name))
+        return v if v is not None and hash_ and v.get("hash") == hash_ else None
+
+    def pending(self, kind: str, namespace: str, name: str) -> bool:
+        with self._lock:
+            v = self._views.get((kind, namespace, name))
+        return v is not None and v.get("phase") == "Prewarming"
+
+    def _remember(self, key: Key, verdict: core.Verdict, hash_: Optional[str]) -> None:
+        with self._lock:
+            if verdict.phase == "NotUsed" and not verdict.message:
+                self._views.pop(key, None)
+            else:
+                self._views[key] = core.status_entry(verdict, hash_ or "")
+
+    # --- the gate -----------------------------------------------------------------------------
+
+    def gate(self, kind: WorkloadKind, live: dict, d: Decision, cr: CRRecord, spec: KernelWarmupSpec) -> core.Verdict:
+        """May ``d`` (an inject decision for ``live``) be applied now?"""
+        key = (kind.kind, d.namespace, d.name)
+        plan = core.plan_for(kind.kind, spec)
+        if not plan.use:
+            verdict = core.Verdict("apply", "NotUsed", message=plan.note)
+            self._remember(key, verdict, d.hash)
+            return verdict
+        if all(live_hash(t) == d.hash for _, t in templates(kind, live)):
+            return APPLY  # the same hash, some injected entries removed by hand: re-apply, no Job
+        jobs = self.kube.list_jobs(d.namespace, self._target_selector(kind, d.name))
+        self._supersede(cr, kind, d, [j for j in jobs if _hash_of(j) != d.hash])
+        current = [j for j in jobs if _hash_of(j) == d.hash]
+        if not current:
+            started = self._start(cr, spec, kind, live, d, plan)
+            if isinstance(started, core.Problem):
+                verdict = core.problem_verdict(spec.warmer.failure_policy, started)
+                self._announce_problem(cr, key, started)
+                self._remember(key, verdict, d.hash)
+                return verdict
+            current = started
+        results = [self._result(j, d.namespace) for j in current]
+        verdict = core.judge(results, spec.warmer.failure_policy)
+        self._announce(cr, kind, d, results, verdict)
+        self._remember(key, verdict, d.hash)
+        return verdict
+
+    @staticmethod
+    def _target_selector(kind: WorkloadKind, name: str) -> str:
+        return f"{names.LABEL_PREWARM_TARGET}={core.target_label(kind.kind, name)}"
+
+    def _start(self, cr: CRRecord, spec: KernelWarmupSpec, kind: WorkloadKind, live: dict, d: Decision,
+               plan: core.Plan) -> list[dict] | core.Problem:
+        """Create this hash's Jobs: one for a PVC, one per node for hostPath."""
+        target = f"{kind.kind}/{d.name}"
+        template = user_view(templates(kind, live)[0][1])
+        pods = self._workload_pods(live)
+        pod_nodes = [(p.get("spec") or {}).get("nodeName") or "" for p in pods]
+        if plan.per_node:
+            nodes = core.prewarm_nodes(spec.prewarm, target, pod_nodes,
+                                       self.kube.list_nodes() if spec.prewarm.nodes == "Selector" else [])
+            if isinstance(nodes, core.Problem):
+                return nodes
+        else:
+            claim = str(spec.cache.source["persistentVolumeClaim"].get("claimName", ""))
+            replicas = int((live.get("spec") or {}).get("replicas") or 1)
+            problem = core.check_pvc(claim, self.kube.get_pvc(d.namespace, claim), target, pod_nodes, replicas)
+            if problem is not None:
+                return problem
+            nodes = [None]
+        injection = build_injection(spec, template, cr_name=cr.name, default_bootstrap_image=self.bootstrap_image)
+        created = []
+        for node in nodes:
+            req = core.JobRequest(cr.name, cr.uid, kind.kind, d.name, d.namespace, d.hash or injection.hash, template,
+                                  injection.fragment, core.timeout_of(spec), node)
+            job = core.build_job(req)
+            try:
+                self.kube.create_job(d.namespace, job)
+            except Exception as exc:  # noqa: BLE001 - a refused Job is bad input: the policy decides
+                why = redact(f"HTTP {getattr(exc, 'status', '')} {getattr(exc, 'reason', '')} "
+                             f"{getattr(exc, 'body', exc)}", env_literals(kind, live))
+                return core.Problem("spec.prewarm", f"the prewarm Job for {target} could not be created: "
+                                    f"{why[:600]}", "PrewarmJobRefused")
+            log.info("prewarm Job %s/%s started for %s (hash %s)", d.namespace, job["metadata"]["name"], target, d.hash)
+            self.emit(cr_ref(cr), "Normal", "PrewarmStarted", f"{target}: Job {job['metadata']['name']}"
+                      + (f" on node {node}" if node else "") + " fills the cache before the rollout")
+            created.append(job)
+        return created
+
+    def _workload_pods(self, live: dict) -> list[dict]:
+        match = ((live.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not match:
+            return []
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        ns = (live.get("metadata") or {}).get("namespace", "")
+        return [p for p in self.kube.list_pods(ns, selector)
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+
+    def _result(self, job: dict, namespace: str) -> core.JobResult:
+        state = core.job_state(job, _now())
+        if state.phase == "running":
+            pods = self.kube.list_pods(namespace, f"{names.LABEL_JOB_NAME}={state.name}")
+            stuck = next((m for p in pods if (m := core.pod_unschedulable(p))), None)
+            return core.JobResult(state, unschedulable=stuck)
+        if state.uid not in self._summaries:
+            pods = self.kube.list_pods(namespace, f"{names.LABEL_JOB_NAME}={state.name}")
+            self._summaries[state.uid] = next((s for p in pods if (s := core.pod_summary(p)) is not None), None)
+        return core.JobResult(state, self._summaries[state.uid])
+
+    # --- superseding and cleaning up ------------------------------------------------------
+
+    def _supersede(self, cr: CRRecord, kind: WorkloadKind, d: Decision, old: list[dict]) -> None:
+        for job in old:
+            state = core.job_state(job, _now())
+            self.kube.delete_job(d.namespace, state.name)
+            if state.phase == "running":
+                self._count(state.uid, "superseded", None)
+                self.emit(cr_ref(cr), "Normal", "PrewarmSuperseded", f"{kind.kind}/{d.name}: Job {state.name} "
+                          f"(hash {_hash_of(job)}) deleted: the KernelWarmup changed, hash {d.hash} is prewarmed instead")
+
+    def forget(self, kind: WorkloadKind, namespace: str, name: str) -> None:
+        """The target no longer waits for a prewarm (deselected, removed): delete its Jobs."""
+        if self.pending(kind.kind, namespace, name):
+            for job in self.kube.list_jobs(namespace, self._target_selector(kind, name)):
+                self.kube.delete_job(namespace, job["metadata"]["name"])
+        with self._lock:
+            self._views.pop((kind.kind, namespace, name), None)
+
+    def delete_for_cr(self, namespace: str, cr_name: str) -> int:
+        """The KernelWarmup is being deleted: none of its Jobs stays behind."""
+        jobs = self.kube.list_jobs(namespace, f"{names.LABEL_PREWARM_CR}={cr_name}")
+        for job in jobs:
+            self.kube.delete_job(namespace, job["metadata"]["name"])
+        return len(jobs)
+
+    # --- Events and metrics, once per finished Job -------------------------------------------
+
+    def _count(self, uid: str, outcome: str, seconds: Optional[float]) -> bool:
+        with self._lock:
+            if uid in self._announced:
+                return False
+            self._announced.add(uid)
+        metrics.PREWARMS.labels(outcome).inc()
+        if seconds is not None:
+            metrics.PREWARM_SECONDS.labels(outcome).observe(seconds)
+        return True
+
+    def _announce(self, cr: CRRecord, kind: WorkloadKind, d: Decision, results: list[core.JobResult],
+                  verdict: core.Verdict) -> None:
+        target = f"{kind.kind}/{d.name}"
+        for r in results:
+            if r.state.phase == "running":
+                if r.unschedulable and self._problems.get((kind.kind, d.namespace, d.name)) != r.unschedulable:
+                    self._problems[(kind.kind, d.namespace, d.name)] = r.unschedulable
+                    self.emit(cr_ref(cr), "Warning", "PrewarmUnschedulable", f"{target}: {verdict.message}")
+                continue
+            outcome = "failed" if core.result_failed(r) and r.state.phase == "succeeded" else r.state.phase
+            if not self._count(r.state.uid, outcome, r.state.seconds):
+                continue
+            secs = f" in {r.state.seconds:.1f}s" if r.state.seconds is not None else ""
+            if outcome == "succeeded":
+                self.emit(cr_ref(cr), "Normal", "PrewarmSucceeded", f"{target}: Job {r.state.name} succeeded{secs}; "
+                          "rolling out onto the warm cache")
+            else:
+                self.emit(cr_ref(cr), "Warning", "PrewarmTimedOut" if outcome == "timeout" else "PrewarmFailed",
+                          f"{target}: {verdict.message}")
+
+    def _announce_problem(self, cr: CRRecord, key: Key, problem: core.Problem) -> None:
+        if self._problems.get(key) == str(problem):
+            return
+        self._problems[key] = str(problem)
+        self.emit(cr_ref(cr), "Warning", problem.reason, f"{key[0]}/{key[2]}: {problem}")
+
+
+def _hash_of(job: dict) -> str:
+    return ((job.get("metadata") or {}).get("labels") or {}).get(names.LABEL_PREWARM_HASH, "")
