@@ -220,6 +220,7 @@ class Prewarmer:
         if self._problems.get(key) == str(problem):
             return
         self._problems[key] = str(problem)
+        log.warning("prewarm of %s %s/%s: %s", key[0], key[1], key[2], problem)
         self.emit(cr_ref(cr), "Warning", problem.reason, f"{key[0]}/{key[2]}: {problem}")
 
 

@@ -87,7 +87,7 @@ def clean_namespace(cluster, ns: str) -> None:
     gone: a later cluster-wide operator (test_operator_e2e's) must not see their warmups."""
     cluster.kubectl_run("patch", "kernelwarmup", "kw", "-n", ns, "--type=merge", "-p",
                         '{"metadata":{"finalizers":null}}', check=False)
-    cluster.kubectl_run("delete", "kernelwarmup,deployment", "--all", "-n", ns,
+    cluster.kubectl_run("delete", "kernelwarmup,deployment,job", "--all", "-n", ns,
                         "--wait=true", "--timeout=60s", check=False)
     wait_for(f"no Pods left in {ns}", lambda: not get_list(cluster, "pods", ns), timeout_s=60)
 
@@ -181,7 +181,7 @@ def test_lint_and_template(tools, values):
         assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == [RELEASE_NS, "team-a", "team-b"]
         # The one ClusterRole grants only cluster-scoped reads, nothing namespaced.
         cr = next(d for d in docs if d["kind"] == "ClusterRole")
-        assert {res for r in cr["rules"] for res in r["resources"]} == {"customresourcedefinitions", "namespaces"}
+        assert {res for r in cr["rules"] for res in r["resources"]} == {"customresourcedefinitions", "namespaces", "nodes"}
         assert {v for r in cr["rules"] for v in r["verbs"]} <= {"get", "list", "watch"}
 
 
@@ -291,6 +291,43 @@ def test_cluster_scope_rbac_runs_the_operator_scenario(cluster, tools, release, 
     assert not DENIED.search(log), denials(log)
 
 
+PREWARM_CACHE = {"persistentVolumeClaim": {"claimName": "kernel-cache"}}
+
+
+def prewarm_claim(cluster, ns: str) -> None:
+    apply(cluster, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "kernel-cache", "namespace": ns},
+                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+
+
+def test_cluster_scope_rbac_runs_the_prewarm_scenario(cluster, tools, release, tmp_path):
+    """Every Job verb the chart grants, used as its ServiceAccount: list/watch/create (the
+    Job), then delete (superseded by a change, and the rest when the KernelWarmup goes)."""
+    from fake_kubelet import pod_finished
+    ns = namespace(cluster, "chart-prewarm")
+    op = operator_as(tools, tmp_path, release, RELEASE_NS)
+    prewarm_claim(cluster, ns)
+    jobs = lambda: get_list(cluster, "jobs", ns, "-l", names.LABEL_PREWARM_CR)  # noqa: E731
+    try:
+        with op:
+            apply(cluster, vllm_deployment("llm", ns, labels={"warm": "yes"}))
+            apply(cluster, kernelwarmup("kw", ns, cache=PREWARM_CACHE))
+            first = wait_for("a prewarm Job", lambda: jobs(), timeout_s=30)[0]["metadata"]["name"]
+            apply(cluster, kernelwarmup("kw", ns, cache=PREWARM_CACHE, timeoutSeconds=900))
+            job = wait_for("the superseding Job", lambda: [j for j in jobs() if j["metadata"]["name"] != first]
+                           and len(jobs()) == 1 and jobs()[0], timeout_s=30)["metadata"]["name"]
+            pod = wait_for("its Pod", lambda: get_list(cluster, "pods", ns, "-l", f"{names.LABEL_JOB_NAME}={job}"))[0]
+            cluster.kubectl_run("patch", "pod", pod["metadata"]["name"], "-n", ns, "--subresource=status", "--type=merge",
+                                "-p", json.dumps(pod_finished(pod, names.WARMER_CONTAINER, '{"status": "ok"}')))
+            wait_for("injection after the Job", lambda: names.ANN_HASH in (template_of(cluster, "llm", ns)["metadata"]
+                                                                            .get("annotations") or {}), timeout_s=30)
+            cluster.kubectl_run("delete", "kernelwarmup", "kw", "-n", ns, "--wait=true", "--timeout=60s")
+            wait_for("no Job left", lambda: not jobs(), timeout_s=30)
+    finally:
+        clean_namespace(cluster, ns)
+    log = op.log_path.read_text()
+    assert not DENIED.search(log), denials(log)
+
+
 def test_namespaced_scope_rbac_runs_the_operator_scenario(cluster, tools, release, tmp_path):
     watched, other = namespace(cluster, "chart-team-a"), namespace(cluster, "chart-team-b")
     rel, rel_ns = "kw-team", "kw-team-system"
@@ -348,7 +385,11 @@ MISSING = [
     pytest.param("cluster", "", "", "pods", "watch", None, id="pods-watch"),
     pytest.param("cluster", "", "apiextensions.k8s.io", "customresourcedefinitions", "watch", None, id="crds-watch"),
     pytest.param("namespaced", "-cluster-read", "", "namespaces", "list", None, id="namespaced-namespaces-list"),
+    pytest.param("cluster", "", "batch", "jobs", "create", _no_injection, id="jobs-create"),
+    pytest.param("cluster", "", "batch", "jobs", "list", _no_injection, id="jobs-list"),
 ]
+# The KernelWarmup each case applies: a shared cache where the case is about prewarm Jobs.
+KW_SPEC = {"jobs": {"cache": PREWARM_CACHE, "failurePolicy": "Fail"}}
 
 
 @pytest.mark.parametrize("scope,suffix,group,resource,verb,also", MISSING)
@@ -373,7 +414,9 @@ def test_a_missing_permission_fails_the_operator(cluster, tools, release, tmp_pa
     try:
         with op:
             apply(cluster, vllm_deployment("llm", ns, labels={"warm": "yes"}))
-            apply(cluster, kernelwarmup("kw", ns))
+            if resource in KW_SPEC:
+                prewarm_claim(cluster, ns)
+            apply(cluster, kernelwarmup("kw", ns, **KW_SPEC.get(resource, {})))
             wait_for(f"the denial of {verb} {resource} in the operator's log",
                      lambda: denied(verb, resource).search(op.log_path.read_text()), timeout_s=30)
             if also is not None:
