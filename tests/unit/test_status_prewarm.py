@@ -1,0 +1,75 @@
+"""A target's prewarm in the KernelWarmup's status (core/status.py, reconcile.prewarm_message)
+and the gate's answer for a multi-Pod world (prewarm.Prewarmer): Prewarming is waiting, not
+degraded; a refused rollout is Degraded with the Job's reason; the entry survives a restart
+while the hash holds; a LeaderWorkerSet keeps init-container warmup and says so."""
+
+from __future__ import annotations
+
+from support.workloads import spec_doc
+
+from warmup_operator.core.decide import CRRecord, Decision
+from warmup_operator.core.kernelwarmup import parse_spec
+from warmup_operator.core.kinds import LEADERWORKERSET
+from warmup_operator.core.status import StatusInputs, TargetState, carry_prewarm, compute_status
+from warmup_operator.prewarm import Prewarmer
+from warmup_operator.reconcile import prewarm_message
+
+NOW = "2026-11-27T12:00:00Z"
+WAIT = {"phase": "Prewarming", "hash": "h1", "jobs": ["kwp-llm-1"], "message": "waiting for prewarm Job(s) kwp-llm-1"}
+FAILED = {"phase": "TimedOut", "hash": "h1", "jobs": ["kwp-llm-1"], "reason": "DeadlineExceeded",
+          "message": "prewarm Job kwp-llm-1 timed out (DeadlineExceeded); failurePolicy Fail: not rolled out"}
+
+
+def conditions(*targets):
+    status = compute_status(StatusInputs(1, list(targets)), None, NOW)
+    return {c["type"]: c for c in status["conditions"]}, status
+
+
+def state(pw, injected=False):
+    msg, reason = prewarm_message(pw, injected, "", "")
+    return TargetState("Deployment", "llm", injected, "h1", message=msg, reason=reason, prewarm=pw)
+
+
+def test_prewarming_is_waiting_not_degraded():
+    conds, status = conditions(state(WAIT))
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "Prewarming"
+    assert conds["Degraded"]["status"] == "False"
+    assert status["targets"][0]["prewarm"]["jobs"] == ["kwp-llm-1"] and status["targets"][0]["reason"] == "Prewarming"
+
+
+def test_a_refused_rollout_is_degraded_with_the_jobs_reason():
+    conds, _ = conditions(state(FAILED))
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "PrewarmTimedOut"
+    assert "DeadlineExceeded" in conds["Degraded"]["message"]
+
+
+def test_rolled_out_anyway_is_a_warning_on_an_injected_target():
+    ignored = {**FAILED, "message": "prewarm Job kwp-llm-1 failed (BackoffLimitExceeded); failurePolicy Ignore: "
+                                    "rolled out anyway", "phase": "Failed"}
+    conds, _ = conditions(state(ignored, injected=True))
+    assert conds["Ready"]["status"] == "True" and conds["Degraded"]["reason"] == "Warning"
+
+
+def test_the_entry_survives_a_restart_while_the_hash_holds():
+    done = {"phase": "Succeeded", "hash": "h1", "jobs": ["kwp-llm-1"]}
+    previous = {"targets": [{"kind": "Deployment", "name": "llm", "hash": "h1", "injected": True, "prewarm": done}]}
+    now = [{"kind": "Deployment", "name": "llm", "hash": "h1", "injected": True}]
+    assert carry_prewarm(now, previous)[0]["prewarm"] == done
+    assert "prewarm" not in carry_prewarm([{**now[0], "hash": "h2"}], previous)[0]  # a new hash: not that Job's
+
+
+def test_a_leaderworkerset_keeps_init_container_warmup_and_says_so():
+    spec = parse_spec(spec_doc(cache={"persistentVolumeClaim": {"claimName": "c"}}))
+
+    class NoApi:
+        def __getattr__(self, name):
+            raise AssertionError(f"no API call expected ({name})")
+
+    p = Prewarmer(NoApi(), lambda *a: None, "img")
+    d = Decision("inject", "LeaderWorkerSet", "lws", "ns", owner="kw", hash="h1")
+    verdict = p.gate(LEADERWORKERSET, {"metadata": {"name": "lws", "namespace": "ns"}}, d,
+                     CRRecord("kw", "ns", uid="u"), spec)
+    assert verdict.action == "apply" and verdict.phase == "NotUsed"
+    view = p.view("LeaderWorkerSet", "ns", "lws", "h1")
+    assert view["phase"] == "NotUsed" and "multi-Pod world" in view["message"]
+    assert prewarm_message(view, True, "", "") == ("", "")  # not a warning: the status entry says it
