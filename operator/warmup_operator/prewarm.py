@@ -45,6 +45,7 @@ class Prewarmer:
         self._announced: set[str] = set()  # Job uids whose end was counted and announced
         self._summaries: dict[str, Optional[dict]] = {}  # Job uid -> its Pod's summary (finished Jobs)
         self._problems: dict[Key, str] = {}  # the last problem announced per target
+        self._passed: dict[Key, str] = {}  # the hash whose prewarm passed the gate (may be applied)
         self._lock = threading.Lock()
 
     # --- what reconcile and the status read ---------------------------------------------
@@ -60,8 +61,18 @@ class Prewarmer:
             v = self._views.get((kind, namespace, name))
         return v is not None and v.get("phase") == "Prewarming"
 
+    def admission_hash(self, kind: str, spec: KernelWarmupSpec, namespace: str, name: str, desired: Optional[str],
+                       live: Optional[str]) -> Optional[str]:
+        """For the admission webhook (issue 13): the injection hash a user's write of this
+        workload may carry now (core/prewarm.admission_hash); never one still being prewarmed."""
+        with self._lock:
+            passed = self._passed.get((kind, namespace, name))
+        return core.admission_hash(core.plan_for(kind, spec), desired, live, passed)
+
     def _remember(self, key: Key, verdict: core.Verdict, hash_: Optional[str]) -> None:
         with self._lock:
+            if verdict.action == "apply" and hash_:
+                self._passed[key] = hash_
             if verdict.phase == "NotUsed" and not verdict.message:
                 self._views.pop(key, None)
             else:

@@ -221,3 +221,15 @@ def test_job_names_are_deterministic_and_distinct():
     assert a not in others and len(others) == 5
     long = pw.job_name(pw.JobRequest(**{**base, "workload": "x" * 250}))
     assert len(long) <= 63
+
+
+@pytest.mark.parametrize("use,desired,live,passed,expected", [
+    (False, "h2", "h1", None, "h2"),  # no prewarm: the write carries the new injection
+    (True, "h2", "h2", None, "h2"),  # already live
+    (True, "h2", "h1", "h2", "h2"),  # its Job passed the gate
+    (True, "h2", "h1", None, "h1"),  # pending: keep the previous, warmed injection
+    (True, "h2", "h1", "h0", "h1"),
+    (True, "h1", None, None, None),  # pending, nothing injected before: none
+])
+def test_admission_hash(use, desired, live, passed, expected):
+    assert pw.admission_hash(pw.Plan(use), desired, live, passed) == expected

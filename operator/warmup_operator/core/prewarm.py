@@ -360,3 +360,15 @@ def status_entry(v: Verdict, hash_: str) -> dict:
     if v.summary is not None:
         out["summary"] = v.summary
     return out
+
+
+# --- the admission path (issue 13's webhook) --------------------------------------------------
+
+
+def admission_hash(plan: Plan, desired: Optional[str], live: Optional[str], passed: Optional[str]) -> Optional[str]:
+    """Which injection a user's own write may carry: the desired one where no prewarm applies,
+    where it is already live, or where its prewarm passed the gate (``passed``); while a
+    prewarm is pending, the previous, already warmed injection (``live``), or none."""
+    if not plan.use or desired in (live, passed):
+        return desired
+    return live
