@@ -37,8 +37,10 @@ def _now() -> datetime.datetime:
 
 
 class Prewarmer:
-    def __init__(self, kube: Any, emit: Callable[[dict, str, str, str], None], bootstrap_image: str):
+    def __init__(self, kube: Any, emit: Callable[[dict, str, str, str], None], bootstrap_image: str,
+                 crs: Callable[[], list[CRRecord]] = list):
         self.kube = kube
+        self.crs = crs  # every KernelWarmup the operator knows (for hold_reason)
         self.emit = emit
         self.bootstrap_image = bootstrap_image
         self._views: dict[Key, dict] = {}  # the target's status entry (core.status_entry)
@@ -68,6 +70,18 @@ class Prewarmer:
         with self._lock:
             passed = self._passed.get((kind, namespace, name))
         return core.admission_hash(core.plan_for(kind, spec), desired, live, passed)
+
+    def hold_reason(self, d: Decision) -> Optional[str]:
+        """A Gate for the admission webhook (issue 13, core/admission.Gate): why a user's write
+        must not carry the injection ``d`` yet (its prewarm has not passed), else None."""
+        if d.action != "inject":
+            return None
+        cr = next((c for c in self.crs() if (c.namespace, c.name) == (d.namespace, d.owner)), None)
+        spec = cr.parsed() if cr is not None else None
+        if not isinstance(spec, KernelWarmupSpec):
+            return None
+        passed = self.admission_hash(d.kind, spec, d.namespace, d.name, d.hash, None)
+        return None if passed == d.hash else f"prewarm of hash {d.hash} pending; the controller applies it after the Job"
 
     def _remember(self, key: Key, verdict: core.Verdict, hash_: Optional[str]) -> None:
         with self._lock:

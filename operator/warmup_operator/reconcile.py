@@ -78,7 +78,7 @@ class Controller:
         # what it wrote before changing it, and reports the writes it had to inject itself.
         self.admission = admission
         self.late: dict[tuple[str, str, str], tuple[str, str]] = {}  # (kind, ns, name) -> (hash, why)
-        self.prewarm = Prewarmer(kube, self.emit, bootstrap_image)
+        self.prewarm = Prewarmer(kube, self.emit, bootstrap_image, crs=lambda: self.cluster_crs or [])
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._locks_guard:

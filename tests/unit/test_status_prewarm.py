@@ -73,3 +73,17 @@ def test_a_leaderworkerset_keeps_init_container_warmup_and_says_so():
     view = p.view("LeaderWorkerSet", "ns", "lws", "h1")
     assert view["phase"] == "NotUsed" and "multi-Pod world" in view["message"]
     assert prewarm_message(view, True, "", "") == ("", "")  # not a warning: the status entry says it
+
+
+def test_the_admission_gate_holds_a_hash_until_its_prewarm_passed():
+    cr = CRRecord("kw", "ns", uid="u", spec=spec_doc(cache={"persistentVolumeClaim": {"claimName": "c"}}))
+    empty = CRRecord("kw2", "ns", uid="u2", spec=spec_doc())  # emptyDir: no prewarm, never held
+    p = Prewarmer(None, lambda *a: None, "img", crs=lambda: [cr, empty])
+    d = Decision("inject", "Deployment", "llm", "ns", owner="kw", hash="h1")
+    assert "pending" in p.hold_reason(d)
+    assert p.hold_reason(Decision("inject", "Deployment", "other", "ns", owner="kw2", hash="h9")) is None
+    assert p.hold_reason(Decision("remove", "Deployment", "llm", "ns", owner="kw")) is None
+    from warmup_operator.core.prewarm import Verdict
+    p._remember(("Deployment", "ns", "llm"), Verdict("apply", "Succeeded"), "h1")  # the gate let h1 through
+    assert p.hold_reason(d) is None
+    assert "pending" in p.hold_reason(Decision("inject", "Deployment", "llm", "ns", owner="kw", hash="h2"))
