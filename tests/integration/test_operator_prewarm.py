@@ -291,4 +291,4 @@ def test_an_unschedulable_job_is_reported_and_the_policy_decides_at_the_timeout(
     wait_for("PrewarmUnschedulable Event", lambda: events(cluster, ns, "PrewarmUnschedulable"))
     assert not injected(cluster, ns)
     wait_for("timed out, then injected anyway (Ignore)", lambda: injected(cluster, ns), timeout_s=40)
-    assert target(cluster, ns)["prewarm"]["phase"] == "TimedOut"
+    wait_for("TimedOut in status", lambda: target(cluster, ns).get("prewarm", {}).get("phase") == "TimedOut")
