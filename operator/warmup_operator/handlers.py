@@ -74,6 +74,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if config.current().webhook.enabled:  # the admission webhook (issue 13)
         from warmup_operator import webhook
         webhook.configure(settings, config.current().webhook, controller().kube)
+        webhook.gate = controller().prewarm.hold_reason  # issue 17: no write carries a hash still being prewarmed
 
 
 # --- indexes -------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from warmup_operator.core.status import (
 from warmup_operator.core.targets import lists_are_keyed, selects, templates
 from warmup_operator.core.uninject import live_hash
 from warmup_operator.core.trust import TrustPolicy, not_opted_in
+from warmup_operator.core.prewarm import Verdict
 from warmup_operator.prewarm import Prewarmer
 from warmup_operator.redact import env_literals, redact
 
@@ -123,7 +124,8 @@ class Controller:
                 self.prewarm.forget(kind, d.namespace, d.name)
             if d.action == "none":
                 return Outcome(d)
-            if d.action == "inject" and not self._prewarmed(kind, live, d, crs):
+            verdict = self._prewarm_verdict(kind, live, d, crs) if d.action == "inject" else None
+            if verdict is not None and verdict.action != "apply":
                 return Outcome(d, held=True)
             try:
                 if self.admission:
@@ -141,7 +143,8 @@ class Controller:
             fault_point("applied")
             self.apply_errors.pop((kind.kind, d.namespace, d.name), None)
         metrics.INJECTIONS.labels(kind.kind, d.action).inc()
-        if self.admission and d.action == "inject":
+        # A rollout the prewarm gate held back (the webhook too) is no missed admission.
+        if self.admission and d.action == "inject" and (verdict is None or verdict.phase == "NotUsed"):
             self._report_missed_admission(kind, live, d, crs)
         verb = "Injected" if d.action == "inject" else "Removed"
         text = (f"kernel warmup from KernelWarmup {d.owner} (hash {d.hash})" if d.action == "inject"
@@ -179,14 +182,14 @@ class Controller:
         self.emit(ref(live, kind), "Warning", "InjectedAfterAdmission", why)
         self.emit(cr_ref(owner), "Warning", "InjectedAfterAdmission", f"{kind.kind}/{d.name}: {why}")
 
-    def _prewarmed(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord]) -> bool:
-        """Whether the new hash may be applied now: no prewarm applies, or its Jobs succeeded
-        (or failed under failurePolicy Ignore); core/prewarm.py and prewarm.py."""
+    def _prewarm_verdict(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord]) -> Optional[Verdict]:
+        """Whether the new hash may be applied now (action apply): no prewarm applies, or its
+        Jobs succeeded (or failed under failurePolicy Ignore); core/prewarm.py and prewarm.py."""
         owner = next((c for c in crs if c.name == d.owner and c.namespace == d.namespace), None)
         spec = owner.parsed() if owner is not None else None
         if not isinstance(spec, KernelWarmupSpec):
-            return True
-        return self.prewarm.gate(kind, live, d, owner, spec).action == "apply"
+            return None
+        return self.prewarm.gate(kind, live, d, owner, spec)
 
     def _apply_failed(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord], msg: str) -> None:
         """Remember a failed apply for the status and say it once in Events (a 422 or 403

@@ -386,3 +386,32 @@ def test_each_webhook_verb_is_needed(cluster, hook, verb):
             role["metadata"].pop(key, None)
         cluster.kubectl_run("replace", "-f", "-", input=json.dumps(role))
         hook["op"] = start_operator(cluster, hook)
+
+
+def test_a_pending_prewarm_is_not_bypassed_by_a_users_write(cluster, hook):
+    """Issue 17's seam: with a shared cache, a user's write while the prewarm Job runs keeps
+    what the user sent (no new hash), and the controller applies the hash after its Job,
+    which is no missed admission."""
+    from fake_kubelet import pod_finished
+    ns = namespace(cluster, "hook-prewarm")
+    apply(cluster, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "cache", "namespace": ns},
+                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    apply(cluster, kernelwarmup("kw", ns, failurePolicy="Fail", cache={"persistentVolumeClaim": {"claimName": "cache"}}))
+    apply(cluster, deployment("llm", ns))  # the webhook holds the injection: its prewarm has not passed
+    jobs = lambda: get_list(cluster, "jobs", ns, "-l", names.LABEL_PREWARM_CR)  # noqa: E731
+    first = wait_for("a prewarm Job", jobs, timeout_s=30)[0]["metadata"]["name"]
+    assert not injected(cluster, "deployment", "llm", ns)
+    user_change(cluster, "deployment", "llm", ns, "env", 1)  # a new template: a new hash, a new Job
+    job = wait_for("the Job for the user's template", lambda: [j for j in jobs() if j["metadata"]["name"] != first]
+                   and len(jobs()) == 1 and jobs()[0], timeout_s=30)
+    time.sleep(3 * RESYNC_S)
+    assert not injected(cluster, "deployment", "llm", ns) and rollouts(cluster, "deployment", "llm", ns) == 2
+    name = job["metadata"]["name"]
+    pod = wait_for("its Pod", lambda: get_list(cluster, "pods", ns, "-l", f"{names.LABEL_JOB_NAME}={name}"))[0]
+    cluster.kubectl_run("patch", "pod", pod["metadata"]["name"], "-n", ns, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(pod_finished(pod, names.WARMER_CONTAINER, '{"status": "ok"}')))
+    dep = wait_for("the injection after the Job", lambda: injected(cluster, "deployment", "llm", ns), timeout_s=30)
+    assert dep["spec"]["template"]["metadata"]["annotations"][names.ANN_HASH] == \
+        job["metadata"]["labels"][names.LABEL_PREWARM_HASH]
+    assert steady(cluster, "deployment", "llm", ns, 3) == 3  # the user's change, then one rollout after the Job
+    assert not events(cluster, ns, "InjectedAfterAdmission")
