@@ -10,6 +10,9 @@ from typing import Any, Callable, Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# The LeaderWorkerSet CRD the local control plane serves, and its two Pod templates.
+LWS_CRD = ROOT / "devcluster/crds/leaderworkersets.leaderworkerset.x-k8s.io.yaml"
+LWS_TEMPLATES = ("leaderTemplate", "workerTemplate")
 CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
 
 

@@ -16,6 +16,8 @@ import fake_lws
 import pytest
 from operator_process import OperatorProcess, free_port
 from operator_support import (
+    LWS_CRD,
+    LWS_TEMPLATES,
     ROOT,
     apply,
     get,
@@ -32,8 +34,6 @@ from warmup_operator.core.trust import OPT_IN
 
 pytestmark = pytest.mark.cluster
 RESYNC_S = 1.0
-LWS_CRD = ROOT / "devcluster/crds/leaderworkersets.leaderworkerset.x-k8s.io.yaml"
-TEMPLATES = ("leaderTemplate", "workerTemplate")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def lws_of(cluster, name: str, ns: str) -> dict:
 def hashes(lws: dict) -> tuple:
     """The injection hash of the leader and the worker template (each hashes its own injection)."""
     lwt = lws["spec"]["leaderWorkerTemplate"]
-    return tuple(((lwt[t].get("metadata") or {}).get("annotations") or {}).get(names.ANN_HASH) for t in TEMPLATES)
+    return tuple(((lwt[t].get("metadata") or {}).get("annotations") or {}).get(names.ANN_HASH) for t in LWS_TEMPLATES)
 
 
 def injected(cluster, name: str, ns: str, not_hashes: tuple = ()):
@@ -102,7 +102,7 @@ def test_lws_injection_one_generation_per_change_and_removal(cluster, operator):
     lws = wait_for("injection into both templates", lambda: injected(cluster, "llm", ns))
     assert lws["metadata"]["generation"] == original["metadata"]["generation"] + 1  # one patch, both templates
     lwt, before = lws["spec"]["leaderWorkerTemplate"], original["spec"]["leaderWorkerTemplate"]
-    for t in TEMPLATES:
+    for t in LWS_TEMPLATES:
         spec = lwt[t]["spec"]
         assert [c["name"] for c in spec["initContainers"]] == ["fetch-model", *names.INIT_CONTAINERS], t
         assert spec["initContainers"][0] == before[t]["spec"]["initContainers"][0], t  # merged, not replaced

@@ -20,7 +20,8 @@ import helmchart
 import pytest
 from operator_process import OperatorProcess, free_port
 from operator_support import (
-    ROOT,
+    LWS_CRD,
+    LWS_TEMPLATES,
     apply,
     get,
     get_list,
@@ -36,8 +37,6 @@ from warmup_operator.core.trust import OPT_IN
 
 pytestmark = pytest.mark.cluster
 RESYNC_S = 1.0
-LWS_CRD = ROOT / "devcluster/crds/leaderworkersets.leaderworkerset.x-k8s.io.yaml"
-LWS_TEMPLATES = ("leaderTemplate", "workerTemplate")
 
 
 RELEASE, RELEASE_NS = "kw-hook", "kw-hook-system"

@@ -7,10 +7,10 @@ change; review their diff."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from support.golden import assert_golden
 from support.ssa import apply_fragment
 
 from warmup_operator.core.inject import build_injection
@@ -35,10 +35,7 @@ def inject(case: str) -> tuple[dict, dict, tuple[str, ...]]:
 def test_injected_template_is_the_golden_one(case: str):
     template, injected, warnings = inject(case)
     expected = {"template": injected, "warnings": list(warnings)}
-    path = GOLDEN / case / "injected.json"
-    if os.environ.get("KW_REGENERATE_GOLDEN") == "1":
-        path.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
-    assert expected == json.loads(path.read_text())
+    assert_golden(GOLDEN / case / "injected.json", expected)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -8,10 +8,10 @@ expected files after a deliberate change; review their diff."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from support.golden import assert_golden
 
 from warmup_operator.core import names
 from warmup_operator.core import prewarm
@@ -38,10 +38,7 @@ def job_and_injection(case: str) -> tuple[dict, dict, dict]:
 @pytest.mark.parametrize("case", CASES)
 def test_job_is_the_golden_one(case: str):
     job, _, _ = job_and_injection(case)
-    path = GOLDEN / case / "job.json"
-    if os.environ.get("KW_REGENERATE_GOLDEN") == "1":
-        path.write_text(json.dumps(job, indent=2, sort_keys=True) + "\n")
-    assert job == json.loads(path.read_text())
+    assert_golden(GOLDEN / case / "job.json", job)
 
 
 @pytest.mark.parametrize("case", CASES)
