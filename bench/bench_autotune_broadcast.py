@@ -27,8 +27,9 @@ GPU commands (repository root; the wheels installed in /tmp/site):
     python3 bench/bench_autotune_broadcast.py --model moe --worlds 2,4 --dry-run
 
 In one process per GPU and world, after an untimed warm-up (CUDA, cuDNN, the JIT module),
-the modes run in the order sharded, rank0, every, each from an empty AutoTuner and into its
-own folder; a barrier starts and ends each mode (wall = rank 0's time between them).
+the modes run in the order sharded, rank0, every, each from an empty AutoTuner and no cached
+cuDNN graphs (as a fresh warmer process) and into its own folder; a barrier starts and ends
+each mode (wall = rank 0's time between them).
 """
 
 from __future__ import annotations
@@ -105,8 +106,22 @@ def print_dry_run(plan: dict) -> None:
 
 
 def reset_tuner() -> None:
+    """Each mode starts as a fresh warmer process would: no tactics, and no cuDNN graphs.
+
+    FlashInfer keeps every built cuDNN graph (and its plan list, the CPU-heavy part of cuDNN
+    tuning) in a per-process lru_cache; left in place, a later mode reuses the graphs an
+    earlier mode built on that rank and looks faster than a real start. Its own helper clears
+    the graphs and the AutoTuner together (gemm_base.clear_cudnn_graph_cache, FlashInfer
+    0.6.18, marked internal, hence the fallback)."""
     from flashinfer.autotuner import AutoTuner
 
+    try:
+        from flashinfer.gemm.gemm_base import clear_cudnn_graph_cache
+    except ImportError:
+        print("bench: FlashInfer has no clear_cudnn_graph_cache; cuDNN graphs carry over between modes",
+              file=sys.stderr)
+    else:
+        clear_cudnn_graph_cache()
     AutoTuner.get().clear_cache()
 
 
