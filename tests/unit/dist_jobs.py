@@ -39,3 +39,20 @@ class ShareJob:
                             loader=lambda p: p.read_bytes().startswith(MAGIC), read_back=read_back,
                             produce_timeout_s=30)
         return res.to_dict()
+
+
+@dataclass
+class AbortAtExitJob:
+    """Reports a result, then this rank's process dies of SIGABRT on its way out (as a
+    daemon thread's C++ ``terminate`` did on a GPU host)."""
+
+    abort_rank: int = 1
+    use_cuda: bool = False
+
+    def __call__(self, world, rdv, device):
+        if world.rank == self.abort_rank:
+            import atexit
+            import signal
+
+            atexit.register(os.kill, os.getpid(), signal.SIGABRT)
+        return {"rank": world.rank}

@@ -14,6 +14,9 @@ from typing import Iterator, Optional
 
 from kernel_warmer.dist.world import WATCHDOG_EXIT, WorldError, WorldInfo
 
+# how long close() waits for the heartbeat thread's store call (a dead host fails it at once)
+CLOSE_JOIN_S = 5.0
+
 
 class Rendezvous:
     """A TCPStore (hosted by rank 0) plus heartbeats, so failures name a rank.
@@ -252,4 +255,9 @@ class Rendezvous:
         os._exit(WATCHDOG_EXIT)
 
     def close(self) -> None:
+        """Stop the heartbeat and wait for its thread. A daemon thread still inside a store
+        call when the interpreter finalizes aborts the process (C++ ``terminate``, exit 134):
+        seen when rank 0, the store's host, exited first and a peer's beat was failing."""
         self._stop.set()
+        if self._beat_thread.is_alive() and self._beat_thread is not threading.current_thread():
+            self._beat_thread.join(CLOSE_JOIN_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -73,6 +74,16 @@ def _worker_entry(local_rank: int, local_world_size: int, env: dict[str, str],
             rdv.close()
 
 
+def _describe_exit(code: int) -> str:
+    """'1', or '-6 (SIGABRT)' for a process killed by a signal."""
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
+
+
 def run_local_workers(job: Any, local_world_size: int, *, env: Optional[Mapping[str, str]] = None,
                       spec: Optional[DistributedSection] = None, timeout_s: float = 300.0,
                       total_timeout_s: float = 3600.0, stale_after_s: float = 10.0) -> list[WorkerOutcome]:
@@ -105,8 +116,11 @@ def run_local_workers(job: Any, local_world_size: int, *, env: Optional[Mapping[
             try:
                 rec = json.loads(path.read_text())
             except (OSError, ValueError):
-                outcomes.append(WorkerOutcome(i, p.exitcode, False, error=f"exited {p.exitcode} without a result"))
+                outcomes.append(WorkerOutcome(i, p.exitcode, False, error=f"exited {_describe_exit(p.exitcode)} without a result"))
                 continue
-            outcomes.append(WorkerOutcome(i, p.exitcode, bool(rec.get("ok")) and p.exitcode in (0, None),
-                                          rec.get("result"), rec.get("error")))
+            clean_exit = p.exitcode in (0, None)
+            error = rec.get("error")
+            if error is None and not clean_exit:
+                error = f"exited {_describe_exit(p.exitcode)} after reporting its result"
+            outcomes.append(WorkerOutcome(i, p.exitcode, bool(rec.get("ok")) and clean_exit, rec.get("result"), error))
         return outcomes
