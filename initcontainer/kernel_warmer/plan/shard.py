@@ -55,10 +55,9 @@ TUNE_COSTS: dict[tuple[str, str], TuneCost] = {
     # (n=4096 k=2048); sharded, one bucket alone (n=3072 k=4096, M=1) took 13.3 s.
     # The cost is per call: one bucket costs what seven do.
     ("bf16_gemm", "cudnn"): TuneCost(per_call_s=10.6),
-    # same run: rank0 tuned 4 cuDNN + 4 cuBLASLt units in 21.4 GPU-s, so everything but
-    # the 10.6 s unit took 10.8 s together; cuBLASLt's share was not timed apart: small,
-    # 0.5 s a unit is an estimate below that average.
-    ("bf16_gemm", "cublaslt"): TuneCost(per_call_s=0.5),
+    # timed apart later (2x H100, fresh processes, 2026-11-27): 0.1-0.3 s a unit at
+    # M <= 64 and at M <= 512, where a cuDNN unit took 7.5-12 s and 17-19 s
+    ("bf16_gemm", "cublaslt"): TuneCost(per_call_s=0.2),
     # Qwen3-30B-A3B bf16 TP 2, --moe-backend flashinfer_cutlass, one bucket per call:
     # 0.8-1.0 s each (gemm1 + gemm2), 7 buckets in 3.7 s wall on 2 GPUs: the time is spent
     # bucket by bucket, so the unit is taken as additive (inferred: a 7-bucket call was not
