@@ -2,15 +2,16 @@
 
 One *unit* is one (op, shape, variant): a GEMM backend or the fused MoE, tuned over all
 its M buckets in one call, as rank 0 tunes it (``choose_one`` profiles every bucket of
-FlashInfer's hybrid table up to m_max). By default one work item is one unit: the GPU run
-of 2026-11-27 (docs/BENCHMARKS.md, issue 15) showed that cuDNN's tuning cost is paid per
-call, not per bucket (one bucket alone took about as long as all seven), so splitting a
-unit by bucket multiplied the total work.
+FlashInfer's hybrid table up to m_max). By default one work item is one unit, which
+balances the plans measured (docs/BENCHMARKS.md, issue 15) and builds each shape's cuDNN
+graph on one rank only. (A cuDNN unit's cost does add up bucket by bucket, 1.1-2.6 s a
+bucket at M <= 64 on H100; an early reading of one rank's first call, which carries
+cuDNN's once-per-process cost, as "one bucket costs what seven do" was wrong.)
 
 Only when the plan has fewer units than ranks, and only for a unit whose cost is known to
-grow bucket by bucket (``TuneCost.additive``: the fused MoE), is a unit cut into
-contiguous M-bucket ranges, the heaviest first, halving, until there is an item per rank
-or nothing left to cut. FlashInfer 0.6.18 tunes a range apart from the others: inside
+grow bucket by bucket with no per-call part (``TuneCost.additive``: the fused MoE), is a
+unit cut into contiguous M-bucket ranges, the heaviest first, halving, until there is an
+item per rank or nothing left to cut. FlashInfer 0.6.18 tunes a range apart from the others: inside
 ``autotune(tuning_buckets=range)`` ``choose_one`` profiles exactly those buckets, and each
 entry's file key holds its bucket, which the override's mapper and the op's default mapper
 both map to itself, so the entries are the ones a server looks up (autotuner.py:
@@ -52,8 +53,10 @@ MOE_VARIANT = "moe"
 # contention of that run.
 TUNE_COSTS: dict[tuple[str, str], TuneCost] = {
     # Llama-3-8B bf16 TP 2: rank0's longest unit, all 7 buckets in one call, 10.6 s
-    # (n=4096 k=2048); sharded, one bucket alone (n=3072 k=4096, M=1) took 13.3 s.
-    # The cost is per call: one bucket costs what seven do.
+    # (n=4096 k=2048). Kept whole: single buckets took 1.1-2.6 s each (so the cost adds up
+    # bucket by bucket), but a cut rebuilds the shape's cuDNN graph on another rank and the
+    # whole units already balance the measured plans. Not counted here: cuDNN's
+    # once-per-process cost (~11 s on H100) in a process's first call, paid by every rank.
     ("bf16_gemm", "cudnn"): TuneCost(per_call_s=10.6),
     # timed apart later (2x H100, fresh processes, 2026-11-27): 0.1-0.3 s a unit at
     # M <= 64 and at M <= 512, where a cuDNN unit took 7.5-12 s and 17-19 s
