@@ -48,6 +48,7 @@ class Prewarmer:
         self._summaries: dict[str, Optional[dict]] = {}  # Job uid -> its Pod's summary (finished Jobs)
         self._problems: dict[Key, str] = {}  # the last problem announced per target
         self._passed: dict[Key, str] = {}  # the hash whose prewarm passed the gate (may be applied)
+        self._job_uids: dict[Key, set[str]] = {}  # per target: the uids kept in _announced/_summaries
         self._lock = threading.Lock()
 
     # --- what reconcile and the status read ---------------------------------------------
@@ -105,6 +106,7 @@ class Prewarmer:
         if all(live_hash(t) == d.hash for _, t in templates(kind, live)):
             return APPLY  # the same hash, some injected entries removed by hand: re-apply, no Job
         jobs = self.kube.list_jobs(d.namespace, self._target_selector(kind, d.name))
+        self._keep_only(key, {core.job_state(j, _now()).uid for j in jobs})
         self._supersede(cr, kind, d, [j for j in jobs if _hash_of(j) != d.hash])
         current = [j for j in jobs if _hash_of(j) == d.hash]
         if not current:
@@ -115,7 +117,7 @@ class Prewarmer:
                 self._remember(key, verdict, d.hash)
                 return verdict
             current = started
-        results = [self._result(j, d.namespace) for j in current]
+        results = [self._result(key, j, d.namespace) for j in current]
         verdict = core.judge(results, spec.warmer.failure_policy)
         self._announce(cr, kind, d, results, verdict)
         self._remember(key, verdict, d.hash)
@@ -172,7 +174,7 @@ class Prewarmer:
         return [p for p in self.kube.list_pods(ns, selector)
                 if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
-    def _result(self, job: dict, namespace: str) -> core.JobResult:
+    def _result(self, key: Key, job: dict, namespace: str) -> core.JobResult:
         state = core.job_state(job, _now())
         if state.phase == "running":
             pods = self.kube.list_pods(namespace, f"{names.LABEL_JOB_NAME}={state.name}")
@@ -180,8 +182,24 @@ class Prewarmer:
             return core.JobResult(state, unschedulable=stuck)
         if state.uid not in self._summaries:
             pods = self.kube.list_pods(namespace, f"{names.LABEL_JOB_NAME}={state.name}")
-            self._summaries[state.uid] = next((s for p in pods if (s := core.pod_summary(p)) is not None), None)
+            with self._lock:
+                self._summaries[state.uid] = next((s for p in pods if (s := core.pod_summary(p)) is not None), None)
+                self._job_uids.setdefault(key, set()).add(state.uid)
         return core.JobResult(state, self._summaries[state.uid])
+
+    def _keep_only(self, key: Key, listed: set[str]) -> None:
+        """Drop what is remembered about this target's finished Jobs that no longer exist
+        (superseded, deleted, past their TTL): a Job that is gone is never counted again,
+        and the operator's memory does not grow with every rollout."""
+        with self._lock:
+            mine = self._job_uids.get(key, set())
+            for uid in mine - listed:
+                self._announced.discard(uid)
+                self._summaries.pop(uid, None)
+            if mine & listed:
+                self._job_uids[key] = mine & listed
+            else:
+                self._job_uids.pop(key, None)
 
     # --- superseding and cleaning up ------------------------------------------------------
 
@@ -190,7 +208,7 @@ class Prewarmer:
             state = core.job_state(job, _now())
             self.kube.delete_job(d.namespace, state.name)
             if state.phase == "running":
-                self._count(state.uid, "superseded", None)
+                self._count((kind.kind, d.namespace, d.name), state.uid, "superseded", None)
                 self.emit(cr_ref(cr), "Normal", "PrewarmSuperseded", f"{kind.kind}/{d.name}: Job {state.name} "
                           f"(hash {_hash_of(job)}) deleted: the KernelWarmup changed, hash {d.hash} is prewarmed instead")
 
@@ -211,11 +229,12 @@ class Prewarmer:
 
     # --- Events and metrics, once per finished Job -------------------------------------------
 
-    def _count(self, uid: str, outcome: str, seconds: Optional[float]) -> bool:
+    def _count(self, key: Key, uid: str, outcome: str, seconds: Optional[float]) -> bool:
         with self._lock:
             if uid in self._announced:
                 return False
             self._announced.add(uid)
+            self._job_uids.setdefault(key, set()).add(uid)
         metrics.PREWARMS.labels(outcome).inc()
         if seconds is not None:
             metrics.PREWARM_SECONDS.labels(outcome).observe(seconds)
@@ -231,7 +250,7 @@ class Prewarmer:
                     self.emit(cr_ref(cr), "Warning", "PrewarmUnschedulable", f"{target}: {verdict.message}")
                 continue
             outcome = "failed" if core.result_failed(r) and r.state.phase == "succeeded" else r.state.phase
-            if not self._count(r.state.uid, outcome, r.state.seconds):
+            if not self._count((kind.kind, d.namespace, d.name), r.state.uid, outcome, r.state.seconds):
                 continue
             secs = f" in {r.state.seconds:.1f}s" if r.state.seconds is not None else ""
             if outcome == "succeeded":

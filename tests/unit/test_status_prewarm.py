@@ -87,3 +87,46 @@ def test_the_admission_gate_holds_a_hash_until_its_prewarm_passed():
     p._remember(("Deployment", "ns", "llm"), Verdict("apply", "Succeeded"), "h1")  # the gate let h1 through
     assert p.hold_reason(d) is None
     assert "pending" in p.hold_reason(Decision("inject", "Deployment", "llm", "ns", owner="kw", hash="h2"))
+
+
+def test_the_prewarmer_forgets_finished_jobs_that_are_gone():
+    """One finished Job per rollout: what the Prewarmer remembers about finished Jobs (to
+    announce each once) is dropped once the Job is gone from the API, so a long-running
+    operator's memory does not grow with every rollout; a Job still listed is not announced
+    twice."""
+    from warmup_operator.core import names
+    from warmup_operator.core.kinds import DEPLOYMENT
+
+    cache = {"persistentVolumeClaim": {"claimName": "c"}}
+    spec = parse_spec(spec_doc(cache=cache))
+    cr = CRRecord("kw", "ns", uid="u", spec=spec_doc(cache=cache))
+    live = {"metadata": {"name": "llm", "namespace": "ns"},
+            "spec": {"template": {"spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}}}
+
+    def finished(uid, hash_):
+        return {"metadata": {"name": f"kwp-{uid}", "uid": uid, "labels": {names.LABEL_PREWARM_HASH: hash_},
+                             "creationTimestamp": NOW},
+                "status": {"startTime": NOW, "completionTime": NOW,
+                           "conditions": [{"type": "Complete", "status": "True"}]}}
+
+    class Api:  # only what gate() asks for a finished Job of the current hash
+        jobs: list = []
+
+        def list_jobs(self, namespace, selector):
+            return list(self.jobs)
+
+        def list_pods(self, namespace, selector):
+            return []
+
+        def delete_job(self, namespace, name):
+            self.jobs = [j for j in self.jobs if j["metadata"]["name"] != name]
+
+    api, events = Api(), []
+    p = Prewarmer(api, lambda ref, kind, reason, msg: events.append(reason), "img")
+    for i in range(50):
+        api.jobs = [finished(f"uid{i}", f"h{i}")]  # the previous rollout's Job is gone (TTL)
+        d = Decision("inject", "Deployment", "llm", "ns", owner="kw", hash=f"h{i}")
+        for _ in range(2):  # reconciled twice while the Job is listed: announced once
+            assert p.gate(DEPLOYMENT, live, d, cr, spec).action == "apply"
+        assert p._announced == {f"uid{i}"} and set(p._summaries) == {f"uid{i}"}
+    assert events == ["PrewarmSucceeded"] * 50
