@@ -38,6 +38,7 @@ import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import heartbeat  # beside this file: on sys.path when run as a script and in the tests
 import promtool
@@ -415,6 +416,23 @@ def down(d: Path, remove: bool = True) -> None:
             _state_path(d).unlink()
     if remove and d.exists():
         shutil.rmtree(d, ignore_errors=True)
+
+
+def wait_crd_established(kubectl_run: Callable[..., subprocess.CompletedProcess], crd: str,
+                         timeout_s: float = 60.0) -> None:
+    """Poll until CRD ``crd`` is Established. ``kubectl wait`` right after the apply can
+    exit 1 (once in CI, on a fresh control plane; its message was not kept), so this
+    retries any answer until the deadline and then names the last one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = kubectl_run("get", f"crd/{crd}", "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                        check=False)
+        if r.returncode == 0 and r.stdout.strip() == "True":
+            return
+        if time.monotonic() > deadline:
+            last = (r.stderr or "").strip() or f"Established is {r.stdout.strip() or 'not set'}"
+            raise RuntimeError(f"CRD {crd} not Established within {timeout_s:.0f}s: {last}")
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import devcluster  # beside this file
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kernel-warmup"
 CRD_NAME = "kernelwarmups.kernelwarmup.dev"
@@ -63,7 +65,7 @@ def install(tools: Tools, release: str, namespace: str, *extra: str, chart: Path
     output (the NOTES). Waits for the CRD from crds/ to be Established."""
     out = tools.helm_run("upgrade", "--install", release, str(chart), "--namespace", namespace,
                          "--create-namespace", *extra).stdout
-    tools.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    devcluster.wait_crd_established(tools.kubectl_run, CRD_NAME)
     return out
 
 

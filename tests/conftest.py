@@ -17,6 +17,13 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))  # vllm_kernel and friends, 
 import devcluster  # noqa: E402
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call that shows kubectl's own message in the test report."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nkubectl said: {(self.stderr or '').strip()[-2000:]}"
+
+
 @dataclass(frozen=True)
 class Cluster:
     """A running etcd + kube-apiserver + kube-controller-manager on loopback."""
@@ -29,10 +36,11 @@ class Cluster:
     promtool: Path | None = None  # None: it could not be built here (devcluster/promtool.py)
 
     def kubectl_run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input, capture_output=True, text=True, check=check, timeout=60,
-        )
+        r = subprocess.run([str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+                           input=input, capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise KubectlError(r.returncode, r.args, r.stdout, r.stderr)
+        return r
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, KUBECONFIG=str(self.kubeconfig))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import devcluster
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def running_operator(cluster, tmp_path_factory, **kwargs):
 
 def install_crd(cluster) -> None:
     cluster.kubectl_run("apply", "-f", str(CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", "crd/kernelwarmups.kernelwarmup.dev")
+    devcluster.wait_crd_established(cluster.kubectl_run, "kernelwarmups.kernelwarmup.dev")
 
 
 def apply(cluster, obj: dict, *args: str):

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import devcluster
 import fake_lws
 import pytest
 from operator_process import OperatorProcess, free_port
@@ -40,8 +41,7 @@ RESYNC_S = 1.0
 def operator(cluster, tmp_path_factory):
     install_crd(cluster)
     cluster.kubectl_run("apply", "-f", str(LWS_CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/leaderworkersets.leaderworkerset.x-k8s.io")
+    devcluster.wait_crd_established(cluster.kubectl_run, "leaderworkersets.leaderworkerset.x-k8s.io")
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator-lws") / "operator.log",
                            resync_seconds=RESYNC_S, bootstrap_image="registry.local/kernel-warmup:test")
     proc.start()

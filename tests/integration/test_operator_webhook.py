@@ -16,6 +16,7 @@ import copy
 import json
 import time
 
+import devcluster
 import helmchart
 import pytest
 from operator_process import OperatorProcess, free_port
@@ -79,8 +80,7 @@ def hook(cluster, tmp_path_factory):
     tools = helmchart.Tools(helm=cluster.helm, kubectl=cluster.kubectl, kubeconfig=cluster.kubeconfig)
     helmchart.install(tools, RELEASE, RELEASE_NS)
     cluster.kubectl_run("apply", "-f", str(LWS_CRD))
-    cluster.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/leaderworkersets.leaderworkerset.x-k8s.io")
+    devcluster.wait_crd_established(cluster.kubectl_run, "leaderworkersets.leaderworkerset.x-k8s.io")
     state = {"port": free_port(), "dir": tmp_path_factory.mktemp("operator-webhook")}
     point_at_loopback(tools, state["port"])
     state["kubeconfig"] = helmchart.service_account_kubeconfig(tools, RELEASE_NS, CONFIG, state["dir"] / "sa-kubeconfig")
