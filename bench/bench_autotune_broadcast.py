@@ -108,13 +108,13 @@ def print_dry_run(plan: dict) -> None:
 
 
 def reset_tuner() -> None:
-    """Each mode starts as a fresh warmer process would: no tactics, and no cuDNN graphs.
+    """The timed mode starts as a fresh warmer process would: no tactics, and none of the
+    cuDNN graphs the untimed warm-up built.
 
-    FlashInfer keeps every built cuDNN graph (and its plan list, the CPU-heavy part of cuDNN
-    tuning) in a per-process lru_cache; left in place, a later mode reuses the graphs an
-    earlier mode built on that rank and looks faster than a real start. Its own helper clears
-    the graphs and the AutoTuner together (gemm_base.clear_cudnn_graph_cache, FlashInfer
-    0.6.18, marked internal, hence the fallback)."""
+    FlashInfer keeps every built cuDNN graph (and its plan list) in a per-process lru_cache.
+    Its own helper clears the graphs and the AutoTuner together
+    (gemm_base.clear_cudnn_graph_cache, FlashInfer 0.6.18, marked internal, hence the
+    fallback)."""
     from flashinfer.autotuner import AutoTuner
 
     try:

@@ -209,12 +209,7 @@ class Kube(PrewarmApi):
     # --- the leader-election Lease (leader.py) ---------------------------------------------
 
     def get_lease(self, namespace: str, name: str) -> Optional[dict]:
-        try:
-            return self._call("GET", _lease_path(namespace, name))
-        except self._kubernetes.client.exceptions.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._missing_ok(lambda: self._call("GET", _lease_path(namespace, name)), 404)
 
     def write_lease(self, namespace: str, name: str, spec: dict, resource_version: Optional[str]) -> bool:
         """Create the Lease (no ``resource_version``) or replace the one read at that

@@ -24,6 +24,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from warmup_operator import metrics
+from warmup_operator.kube import _brief
 from warmup_operator.core.lease import Observed, Record, Timing, claim, micro_time, observe, release
 
 log = logging.getLogger("warmup_operator.leader")
@@ -127,8 +128,3 @@ class Elector:
         if done:
             log.info("leader election: %s released Lease %s/%s", self.me, self.namespace, self.name)
         return done
-
-
-def _brief(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip() if status else type(exc).__name__

@@ -57,7 +57,6 @@ class Outcome:
     applied: bool = False
     error: str = ""
     status: Optional[int] = None  # the API's HTTP status of a failed apply
-    held: bool = False  # not applied: a prewarm Job runs first, or failed under failurePolicy Fail
 
 
 class Controller:
@@ -126,7 +125,7 @@ class Controller:
                 return Outcome(d)
             verdict = self._prewarm_verdict(kind, live, d, crs) if d.action == "inject" else None
             if verdict is not None and verdict.action != "apply":
-                return Outcome(d, held=True)
+                return Outcome(d)  # held: a prewarm Job runs first, or failed under failurePolicy Fail
             try:
                 if self.admission:
                     self._adopt(kind, live, d)

@@ -36,6 +36,11 @@ def install_crd(cluster) -> None:
     devcluster.wait_crd_established(cluster.kubectl_run, "kernelwarmups.kernelwarmup.dev")
 
 
+def install_lws_crd(cluster) -> None:
+    cluster.kubectl_run("apply", "-f", str(LWS_CRD))
+    devcluster.wait_crd_established(cluster.kubectl_run, "leaderworkersets.leaderworkerset.x-k8s.io")
+
+
 def apply(cluster, obj: dict, *args: str):
     return cluster.kubectl_run("apply", "-f", "-", *args, input=json.dumps(obj))
 
@@ -49,6 +54,10 @@ def get(cluster, kind: str, name: str, ns: str, managed: bool = False) -> Option
 def get_list(cluster, kind: str, ns: str, *selector: str) -> list[dict]:
     r = cluster.kubectl_run("get", kind, "-n", ns, "-o", "json", *selector)
     return json.loads(r.stdout)["items"]
+
+
+def events(cluster, ns: str, reason: str) -> list[dict]:
+    return [e for e in get_list(cluster, "events", ns) if e.get("reason") == reason]
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 60.0, poll_s: float = 0.3) -> Any:

@@ -12,17 +12,16 @@ import threading
 import time
 from pathlib import Path
 
-import devcluster
 import fake_lws
 import pytest
 from operator_process import OperatorProcess, free_port
 from operator_support import (
-    LWS_CRD,
     LWS_TEMPLATES,
     ROOT,
     apply,
     get,
     install_crd,
+    install_lws_crd,
     kernelwarmup,
     namespace,
     simulate_init_termination,
@@ -40,8 +39,7 @@ RESYNC_S = 1.0
 @pytest.fixture(scope="module")
 def operator(cluster, tmp_path_factory):
     install_crd(cluster)
-    cluster.kubectl_run("apply", "-f", str(LWS_CRD))
-    devcluster.wait_crd_established(cluster.kubectl_run, "leaderworkersets.leaderworkerset.x-k8s.io")
+    install_lws_crd(cluster)
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator-lws") / "operator.log",
                            resync_seconds=RESYNC_S, bootstrap_image="registry.local/kernel-warmup:test")
     proc.start()

@@ -14,6 +14,7 @@ import pytest
 from fake_kubelet import binding, pod_finished, unschedulable
 from operator_support import (
     apply,
+    events,
     get,
     get_list,
     kernelwarmup,
@@ -77,10 +78,6 @@ def target(cluster, ns: str) -> dict:
 
 def condition(cluster, ns: str, type_: str) -> dict:
     return next((c for c in kw_status(cluster, ns).get("conditions") or [] if c["type"] == type_), {})
-
-
-def events(cluster, ns: str, reason: str) -> list[dict]:
-    return [e for e in get_list(cluster, "events", ns) if e.get("reason") == reason]
 
 
 def start(cluster, ns: str, replicas: int = 1, **kw_spec) -> dict:

@@ -16,16 +16,16 @@ import copy
 import json
 import time
 
-import devcluster
 import helmchart
 import pytest
 from operator_process import OperatorProcess, free_port
 from operator_support import (
-    LWS_CRD,
     LWS_TEMPLATES,
     apply,
+    events,
     get,
     get_list,
+    install_lws_crd,
     kernelwarmup,
     namespace,
     replicasets,
@@ -79,8 +79,7 @@ def hook(cluster, tmp_path_factory):
     operator, which runs with the chart ServiceAccount's token."""
     tools = helmchart.Tools(helm=cluster.helm, kubectl=cluster.kubectl, kubeconfig=cluster.kubeconfig)
     helmchart.install(tools, RELEASE, RELEASE_NS)
-    cluster.kubectl_run("apply", "-f", str(LWS_CRD))
-    devcluster.wait_crd_established(cluster.kubectl_run, "leaderworkersets.leaderworkerset.x-k8s.io")
+    install_lws_crd(cluster)
     state = {"port": free_port(), "dir": tmp_path_factory.mktemp("operator-webhook")}
     point_at_loopback(tools, state["port"])
     state["kubeconfig"] = helmchart.service_account_kubeconfig(tools, RELEASE_NS, CONFIG, state["dir"] / "sa-kubeconfig")
@@ -185,10 +184,6 @@ def reconciled_kernelwarmup(cluster, ns: str, **spec) -> dict:
         kw = get(cluster, "kernelwarmup", "kw", ns)
         return kw if (kw.get("status") or {}).get("observedGeneration") == kw["metadata"]["generation"] else None
     return wait_for("the KernelWarmup's status", done, timeout_s=30)
-
-
-def events(cluster, ns: str, reason: str) -> list[dict]:
-    return [e for e in get_list(cluster, "events", ns) if e.get("reason") == reason]
 
 
 # --- kubectl's commands, and the same writes for a LeaderWorkerSet ------------------------

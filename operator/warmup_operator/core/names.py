@@ -46,7 +46,6 @@ SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT, ENV_FLASHIN
 DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"
 
 # Prewarm Jobs (core/prewarm.py): labels to find a target's Jobs, annotations to read them.
-PREWARM_CONTAINER = WARMER_CONTAINER  # the Job's one container runs the same warmer
 LABEL_PREWARM_CR = f"{GROUP}/prewarm-for"  # the KernelWarmup's name
 LABEL_PREWARM_TARGET = f"{GROUP}/prewarm-target"  # a digest of "<kind>/<workload>" (label values are short)
 LABEL_PREWARM_HASH = f"{GROUP}/prewarm-hash"  # the injection hash the Job warms for
