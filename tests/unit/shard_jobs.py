@@ -21,6 +21,7 @@ from kernel_warmer.flashinfer import tactics
 from kernel_warmer.flashinfer.sharded import agree_mode, cover, share_sharded
 from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
 from kernel_warmer.plan.shard import WorkItem, units, work_items
+from kernel_warmer.versions import MOE_KEY_PER_RANK, MOE_KEY_SHARED, MoeKeyFormat
 
 META = {"flashinfer_version": "0.6.18", "gpu": "CPU"}
 BACKENDS = {"bf16_gemm": ("cudnn", "cublaslt")}
@@ -35,11 +36,20 @@ def plan(world: int, moe_only: bool = False) -> list[AutoTuneOp]:
     return [AutoTuneOp("bf16_gemm", 6144, 4096, 64, "qkv"), AutoTuneOp("bf16_gemm", 4096, 4096, 64, "o"), moe]
 
 
-def entry_key(item: WorkItem, bucket: int) -> str:
+def moe_extras(op: AutoTuneOp, fmt: MoeKeyFormat) -> str:
+    """MoERunner.get_cache_key_extras for bf16, top-k 8, tuned as (tp_rank 0, ep_rank 0):
+    the 20 fields up to FlashInfer 0.7.1, the 17 from 0.7.2 (versions.py)."""
+    head = "torch.bfloat16, torch.bfloat16, torch.bfloat16, 8"
+    if fmt.per_rank:
+        return (f"{head}, {op.tp_size}, 0, {op.ep_size}, 0, 1, 0, False, False, False, False, False, False, False, "
+                "3, False, True")
+    return f"{head}, {op.tp_size}, {op.ep_size}, 1, False, False, False, False, False, False, False, 3, False, True"
+
+
+def entry_key(item: WorkItem, bucket: int, fmt: MoeKeyFormat = MOE_KEY_PER_RANK) -> str:
     op = item.op
-    if op.op == MOE_OP:  # FlashInfer's fused-MoE key: tuned as (tp_rank 0, ep_rank 0)
-        return (f"('trtllm::fused_moe::gemm1', 'MoERunner', (({bucket}, {op.k}),), (torch.bfloat16, "
-                f"torch.bfloat16, torch.bfloat16, 8, {op.tp_size}, 0, {op.ep_size}, 0))")
+    if op.op == MOE_OP:  # FlashInfer's fused-MoE key
+        return f"('trtllm::fused_moe::gemm1', 'MoERunner', (({bucket}, {op.k}),), ({moe_extras(op, fmt)}))"
     runner = {"cudnn": "CudnnGemmRunner", "cublaslt": "CublasLtGemmRunner"}[item.variant]
     return str(("bf16_gemm", runner, ((bucket, op.k), (op.k, op.n)), ()))
 
@@ -56,6 +66,7 @@ class CpuTuner:
     rank: int
     die_after: Optional[int] = None  # exit after tuning this many items
     stall_s: float = 0.0
+    fmt: MoeKeyFormat = MOE_KEY_PER_RANK
 
     def __call__(self, items: list[WorkItem], path: Path):
         t0 = time.monotonic()
@@ -67,7 +78,7 @@ class CpuTuner:
             if n == 0:
                 time.sleep(self.stall_s)  # alive (heartbeat beating) but stuck in its share
             for bucket in item.buckets:  # one call profiles every bucket of the item
-                key = entry_key(item, bucket)
+                key = entry_key(item, bucket, self.fmt)
                 runner = "MoERunner" if item.op.op == MOE_OP else key.split("'")[3]
                 doc.setdefault(key, [runner, best_tactic(item, bucket)])
             tuned.append({**item.op.to_dict(), "buckets": list(item.buckets), "variant": item.variant,
@@ -86,13 +97,15 @@ class ShardedJob:
     produce_timeout_s: float = 30.0
     use_cuda: bool = False
     moe_only: bool = False
+    shared_moe_key: bool = False  # FlashInfer 0.7.2+'s key format (one key for every rank)
 
     def __call__(self, world, rdv, device):
         ops = plan(world.world_size, self.moe_only)
         items = work_items(ops, BACKENDS, world.world_size)
         mode, warning, gpus = agree_mode(world, rdv, self.tuning, self.gpus.get(world.rank, "CPU"), 20)
+        fmt = MOE_KEY_SHARED if self.shared_moe_key else MOE_KEY_PER_RANK
         tuner = CpuTuner(world.rank, die_after=1 if world.rank == self.die_rank else None,
-                         stall_s=12.0 if world.rank == self.stall_rank else 0.0)
+                         stall_s=12.0 if world.rank == self.stall_rank else 0.0, fmt=fmt)
 
         def dest_for(key: str) -> Path:  # one folder per node stands in for each node's volume
             return Path(self.root) / f"node{world.node_rank}" / key / "autotune.json"
@@ -103,7 +116,7 @@ class ShardedJob:
         common = dict(device=device, loader=loader, local_key=lambda: "env-test")
         if mode == "sharded":
             run = share_sharded(world, rdv, items, tuner, env_key="env-test", dest_for=dest_for,
-                                finish=lambda doc, tuned: cover(doc, ops, tuned, world.world_size),
+                                finish=lambda doc, tuned: cover(doc, ops, tuned, world.world_size, fmt),
                                 produce_timeout_s=self.produce_timeout_s, log=lambda s: None, **common)
             return {"mode": mode, "warning": warning, "gpus": gpus, "shares": run.shares,
                     "items": [it.label() for it in items], **run.result.to_dict()}
@@ -112,7 +125,7 @@ class ShardedJob:
             with tempfile.TemporaryDirectory() as tmp:
                 with_all = Path(tmp) / "autotune.json"
                 tuned, _, _ = tuner(units(ops, BACKENDS), with_all)  # rank 0: every unit whole
-                doc = cover(json.loads(with_all.read_text()), ops, tuned, world.world_size)
+                doc = cover(json.loads(with_all.read_text()), ops, tuned, world.world_size, fmt)
             return Payload(json.dumps(doc, indent=2).encode(), "env-test")
 
         res = share_payload(world, rdv, produce, dest_for, produce_timeout_s=self.produce_timeout_s, **common)

@@ -14,6 +14,7 @@ pytest.importorskip("torch.distributed")
 from shard_jobs import ShardedJob
 
 from kernel_warmer.flashinfer import tactics
+from kernel_warmer.versions import MOE_KEY_PER_RANK, MOE_KEY_SHARED
 from test_dist_share import run_pods
 
 
@@ -41,7 +42,7 @@ def test_four_ranks_tune_a_share_each_and_every_rank_gets_one_file(tmp_path):
     assert {g["sha_file"] for r in results for g in r["per_rank"]} == {results[0]["sha256"]}
     doc = json.loads(data)
     assert sum(1 for k in doc if not k.startswith("_")) == 28 + 5 * 4  # MoE entries under all 4 rank keys
-    assert tactics.missing_moe_keys(doc, 4, 1, [(t, 0) for t in range(4)]) == []
+    assert tactics.missing_moe_keys(doc, 4, 1, [(t, 0) for t in range(4)], MOE_KEY_PER_RANK) == []
     assert tactics.coverage_of(doc)["world_size"] == 4
     assert doc["_generation"] == tactics.generation(doc)
 
@@ -64,22 +65,27 @@ def test_the_bytes_do_not_depend_on_the_split(tmp_path):
     assert the_file(root).read_bytes() == the_file(tmp_path / "w3").read_bytes()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_a_moe_cut_into_bucket_ranges_gives_rank0s_bytes(tmp_path, world):
+@pytest.mark.parametrize("world,shared", [(2, False), (3, False), (3, True)])
+def test_a_moe_cut_into_bucket_ranges_gives_rank0s_bytes(tmp_path, world, shared):
     """One unit (the fused MoE, additive) and more ranks: it is cut into bucket ranges, one
-    per rank; the merged file, MoE keys of every rank included, is rank0's byte for byte."""
-    outs = flat(run_pods(ShardedJob(str(tmp_path / "sharded"), moe_only=True), pods=1, per_pod=world))
+    per rank; the merged file, MoE keys of every rank included, is rank0's byte for byte.
+    In FlashInfer 0.7.2+'s format (``shared``) one key serves every rank: nothing is copied."""
+    fmt = MOE_KEY_SHARED if shared else MOE_KEY_PER_RANK
+    job = dict(moe_only=True, shared_moe_key=shared)
+    outs = flat(run_pods(ShardedJob(str(tmp_path / "sharded"), **job), pods=1, per_pod=world))
     assert all(o.ok for o in outs), [o.error for o in outs]
     result = outs[0].result
     assert len(result["items"]) == world and all("moe M=" in label for label in result["items"]), result["items"]
     assert [s["items"] for s in result["shares"]] == [1] * world
-    outs = flat(run_pods(ShardedJob(str(tmp_path / "rank0"), moe_only=True, tuning="rank0"), pods=1, per_pod=world))
+    outs = flat(run_pods(ShardedJob(str(tmp_path / "rank0"), tuning="rank0", **job), pods=1, per_pod=world))
     assert all(o.ok for o in outs), [o.error for o in outs]
     data = the_file(tmp_path / "sharded").read_bytes()
     assert data == the_file(tmp_path / "rank0").read_bytes()
     doc = json.loads(data)
-    assert sum(1 for k in doc if not k.startswith("_")) == 5 * world  # 5 buckets under every rank key
-    assert tactics.missing_moe_keys(doc, world, 1, [(t, 0) for t in range(world)]) == []
+    # 5 buckets, under every rank's key where the key has the rank
+    assert sum(1 for k in doc if not k.startswith("_")) == 5 * (1 if shared else world)
+    assert tactics.missing_moe_keys(doc, world, 1, [(t, 0) for t in range(world)], fmt) == []
+    assert tactics.coverage_of(doc)["worker_ranks"] == list(range(world))
 
 
 def test_different_gpu_models_fall_back_to_rank0_on_every_rank(tmp_path):

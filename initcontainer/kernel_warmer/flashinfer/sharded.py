@@ -30,6 +30,7 @@ from kernel_warmer.flashinfer import tactics
 from kernel_warmer.plan.flashinfer import AutoTuneOp
 from kernel_warmer.flashinfer.tune import TUNE_FILE, cover_ranks
 from kernel_warmer.plan.shard import WorkItem, choose_mode, share_loads, split
+from kernel_warmer.versions import MoeKeyFormat
 
 
 @dataclass
@@ -63,12 +64,13 @@ def agree_mode(world: WorldInfo, rdv: Rendezvous, requested: str, gpu: str, time
     return mode, warning, gpus
 
 
-def cover(doc: dict[str, Any], ops: list[AutoTuneOp], tuned: list[dict[str, Any]], tp: int) -> dict[str, Any]:
+def cover(doc: dict[str, Any], ops: list[AutoTuneOp], tuned: list[dict[str, Any]], tp: int,
+          fmt: Optional[MoeKeyFormat] = None) -> dict[str, Any]:
     """The merged file with every rank's fused-MoE keys and the covered world (tune.cover_ranks)."""
     with tempfile.TemporaryDirectory(prefix="kw-fi-merge-") as tmp:
         path = Path(tmp) / TUNE_FILE
         path.write_text(json.dumps(doc, indent=2))
-        cover_ranks(path, ops, tuned, tp)
+        cover_ranks(path, ops, tuned, tp, fmt)
         return json.loads(path.read_text())
 
 

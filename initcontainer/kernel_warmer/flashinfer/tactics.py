@@ -1,5 +1,5 @@
-"""The tactic file: one rank's fused-MoE entries copied under every rank's key, and the
-world the file covers (stdlib only; FlashInfer 0.6.18's on-disk format).
+"""The tactic file: fused-MoE entries for every rank of the world, and the world the file
+covers (stdlib only), in the key format of the installed FlashInfer.
 
 FlashInfer's ``AutoTuner.save_configs`` writes a JSON object (autotuner/autotuner.py):
 
@@ -9,17 +9,19 @@ FlashInfer's ``AutoTuner.save_configs`` writes a JSON object (autotuner/autotune
     "_generation": sha256 of the object without it (json.dumps sort_keys, "," ":")
 
 A file key is ``str((custom_op, runner_class_name, nearest_profile, extras))``
-(``ProfilingCacheKey.file_key``): the repr of a tuple whose extras, for the fused MoE,
-come from ``MoERunner.get_cache_key_extras`` (fused_moe/core.py:707-736):
-``(x_dtype, weight_dtype, output_dtype, top_k, tp_size, tp_rank, ep_size, ep_rank, ...)``.
-Dtypes print as ``torch.bfloat16``, which is not a literal, so a key is parsed with
-``ast`` and the two rank integers are replaced in place by their source offsets: every
-other character of the key stays as FlashInfer wrote it.
+(``ProfilingCacheKey.file_key``), whose extras, for the fused MoE, come from
+``MoERunner.get_cache_key_extras``. Up to FlashInfer 0.7.1 they hold the tp/ep *ranks*, so
+rank 0's tuning is no hit for rank 1: the warmer copies every entry under every rank's key
+(``copy_to_ranks``). From 0.7.2 the ranks are gone and one entry serves every rank.
+``kernel_warmer.versions`` holds both formats (``MoeKeyFormat``); every function here that
+reads the world from a key takes the format. Dtypes print as ``torch.bfloat16``, which is
+not a literal, so a key is parsed with ``ast`` and the rank integers are replaced in place
+by their source offsets: every other character stays as FlashInfer wrote it.
 
 Every rank of a TP/EP world calls the fused MoE with the same tensor shapes (its local
-experts and per-rank width), so the tactics tuned for one (tp_rank, ep_rank) are the
-tactics for all; only the key differs. The coverage record goes into ``_records`` under
-``kernel_warmup``, inside the same file, so it is written atomically with the entries.
+experts and per-rank width), so the tactics tuned for one rank are the tactics for all.
+The coverage record goes into ``_records`` under ``kernel_warmup``, inside the same file,
+so it is written atomically with the entries.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ import hashlib
 import json
 from typing import Any, Iterable, Optional
 
+from kernel_warmer.versions import MoeKeyFormat
+
 METADATA_KEY, RECORDS_KEY, GENERATION_KEY = "_metadata", "_records", "_generation"
 NAMESPACE = "kernel_warmup"
 MOE_CUSTOM_OPS = ("trtllm::fused_moe::gemm1", "trtllm::fused_moe::gemm2")
-# Positions in MoERunner.get_cache_key_extras (FlashInfer 0.6.18).
-TP_SIZE, TP_RANK, EP_SIZE, EP_RANK = 4, 5, 6, 7
 
 RankKey = tuple[int, int]  # (tp_rank, ep_rank)
+# (tp_size, tp_rank, ep_size, ep_rank); the ranks are None in a format without them
+World = tuple[int, Optional[int], int, Optional[int]]
 
 
 class TacticFileError(ValueError):
@@ -46,8 +50,8 @@ def _int_at(node: ast.expr) -> Optional[int]:
     return node.value if isinstance(node, ast.Constant) and type(node.value) is int else None
 
 
-def moe_extras(key: str) -> Optional[tuple[list[ast.expr], str]]:
-    """(extras nodes, custom op) of a fused-MoE file key, else None."""
+def _moe_key(key: str) -> Optional[list[ast.expr]]:
+    """The extras nodes of a fused-MoE file key, else None (any other key)."""
     try:
         tree = ast.parse(key, mode="eval").body
     except SyntaxError:
@@ -57,45 +61,64 @@ def moe_extras(key: str) -> Optional[tuple[list[ast.expr], str]]:
     op, extras = tree.elts[0], tree.elts[3]
     if not (isinstance(op, ast.Constant) and op.value in MOE_CUSTOM_OPS and isinstance(extras, ast.Tuple)):
         return None
-    if len(extras.elts) <= EP_RANK or any(_int_at(extras.elts[i]) is None for i in (TP_SIZE, TP_RANK, EP_SIZE, EP_RANK)):
-        raise TacticFileError(f"fused-MoE key {key[:120]}... has no integer tp/ep size and rank at extras "
-                              f"{TP_SIZE}-{EP_RANK}: FlashInfer's key layout changed; update tactics.py")
-    return extras.elts, op.value
+    return extras.elts
 
 
-def rank_of(key: str) -> Optional[tuple[int, int, int, int]]:
-    """(tp_size, tp_rank, ep_size, ep_rank) of a fused-MoE key, else None."""
-    found = moe_extras(key)
-    if found is None:
+def _positions(fmt: MoeKeyFormat) -> tuple[int, ...]:
+    return tuple(p for p in (fmt.tp_size, fmt.tp_rank, fmt.ep_size, fmt.ep_rank) if p is not None)
+
+
+def moe_extras(key: str, fmt: MoeKeyFormat) -> Optional[list[ast.expr]]:
+    """The extras of a fused-MoE file key checked against ``fmt``, else None (not MoE)."""
+    extras = _moe_key(key)
+    if extras is None:
         return None
-    e = found[0]
-    return _int_at(e[TP_SIZE]), _int_at(e[TP_RANK]), _int_at(e[EP_SIZE]), _int_at(e[EP_RANK])  # type: ignore[return-value]
+    if len(extras) != fmt.length or any(_int_at(extras[i]) is None for i in _positions(fmt)):
+        raise TacticFileError(f"fused-MoE key {key[:160]}... has {len(extras)} extras, not the {fmt.length} of "
+                              f"FlashInfer's {fmt.name} with integer tp/ep fields at {_positions(fmt)}: "
+                              "the installed FlashInfer writes another key layout; add its row to "
+                              "kernel_warmer/versions.py")
+    return extras
 
 
-def rekey(key: str, tp_rank: int, ep_rank: int) -> str:
-    """``key`` with its tp_rank and ep_rank replaced, every other character kept."""
-    found = moe_extras(key)
-    if found is None:
+def rank_of(key: str, fmt: MoeKeyFormat) -> Optional[World]:
+    """(tp_size, tp_rank, ep_size, ep_rank) of a fused-MoE key (ranks None where ``fmt``
+    has none), else None."""
+    e = moe_extras(key, fmt)
+    if e is None:
+        return None
+    at = lambda i: None if i is None else _int_at(e[i])  # noqa: E731
+    return at(fmt.tp_size), at(fmt.tp_rank), at(fmt.ep_size), at(fmt.ep_rank)  # type: ignore[return-value]
+
+
+def rekey(key: str, tp_rank: int, ep_rank: int, fmt: MoeKeyFormat) -> str:
+    """``key`` with its tp_rank and ep_rank replaced, every other character kept (a format
+    without ranks: the key itself, which every rank looks up)."""
+    extras = moe_extras(key, fmt)
+    if extras is None:
         raise TacticFileError(f"not a fused-MoE key: {key[:120]}")
-    extras = found[0]
+    if not fmt.per_rank:
+        return key
     out = key
-    for node, value in sorted(((extras[TP_RANK], tp_rank), (extras[EP_RANK], ep_rank)),
+    for node, value in sorted(((extras[fmt.tp_rank], tp_rank), (extras[fmt.ep_rank], ep_rank)),
                               key=lambda nv: nv[0].col_offset, reverse=True):
         out = out[:node.col_offset] + str(value) + out[node.end_col_offset:]
     return out
 
 
 def copy_to_ranks(entries: dict[str, Any], tp_size: int, ep_size: int, source: RankKey,
-                  targets: Iterable[RankKey]) -> int:
+                  targets: Iterable[RankKey], fmt: MoeKeyFormat) -> int:
     """Add, for every fused-MoE entry of ``source`` in this world, the same entry under each
-    target rank's key. Returns how many entries were added."""
+    target rank's key. Returns how many entries were added (0 where one key serves all)."""
+    if not fmt.per_rank:
+        return 0
     added = 0
     for key, value in list(entries.items()):
-        if key.startswith("_") or rank_of(key) != (tp_size, source[0], ep_size, source[1]):
+        if key.startswith("_") or rank_of(key, fmt) != (tp_size, source[0], ep_size, source[1]):
             continue
         for tp_rank, ep_rank in targets:
             if (tp_rank, ep_rank) != tuple(source):
-                entries[rekey(key, tp_rank, ep_rank)] = value
+                entries[rekey(key, tp_rank, ep_rank, fmt)] = value
                 added += 1
     return added
 
@@ -124,13 +147,17 @@ def coverage_of(doc: dict[str, Any]) -> Optional[dict[str, Any]]:
 
 
 def has_moe_entries(doc: dict[str, Any]) -> bool:
-    return any(not k.startswith("_") and moe_extras(k) is not None for k in doc)
+    return any(not k.startswith("_") and _moe_key(k) is not None for k in doc)
 
 
-def missing_moe_keys(doc: dict[str, Any], tp_size: int, ep_size: int, ranks: Iterable[RankKey]) -> list[RankKey]:
-    """Ranks of this world that have no fused-MoE entry in ``doc`` (a partial file)."""
-    present = {(r[1], r[3]) for r in (rank_of(k) for k in doc if not k.startswith("_"))
-               if r is not None and (r[0], r[2]) == (tp_size, ep_size)}
+def missing_moe_keys(doc: dict[str, Any], tp_size: int, ep_size: int, ranks: Iterable[RankKey],
+                     fmt: MoeKeyFormat) -> list[RankKey]:
+    """Ranks of this world that would find no fused-MoE entry in ``doc`` (a partial file)."""
+    worlds = [r for r in (rank_of(k, fmt) for k in doc if not k.startswith("_"))
+              if r is not None and (r[0], r[2]) == (tp_size, ep_size)]
+    if not fmt.per_rank:
+        return [] if worlds else [tuple(r) for r in ranks]  # type: ignore[misc]
+    present = {(r[1], r[3]) for r in worlds}
     return [tuple(r) for r in ranks if tuple(r) not in present]  # type: ignore[misc]
 
 

@@ -14,9 +14,10 @@ before honouring a file, so two environments never share a folder.
 Things found in FlashInfer 0.6.18's source that shape this module:
 - the file key holds the runner class, so a tactic tuned for backend "cudnn" is no hit
   for "cublaslt": each GEMM is tuned once per backend the server may pick;
-- the fused-MoE key holds ``tp_rank``/``ep_rank``: rank 0 tunes the experts for one rank
-  key and ``cover_ranks`` writes the entries under every rank's key (tactics.py), or the
-  other ranks would miss every MoE shape;
+- up to FlashInfer 0.7.1 the fused-MoE key holds ``tp_rank``/``ep_rank``: rank 0 tunes the
+  experts for one rank key and ``cover_ranks`` writes the entries under every rank's key
+  (tactics.py), or the other ranks would miss every MoE shape; from 0.7.2 one key serves
+  every rank (``kernel_warmer.versions`` holds both formats);
 - mm_bf16's "auto" backend needs nvidia-cutlass-dsl, so the backends are named."""
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from kernel_warmer.files import atomic_write_bytes
+from kernel_warmer import versions
 from kernel_warmer.flashinfer import tactics
 from kernel_warmer.heartbeat import Heartbeat
 from kernel_warmer.plan.flashinfer import MOE_OP, AutoTuneOp
 from kernel_warmer.plan.shard import WorkItem
+from kernel_warmer.versions import MoeKeyFormat
 
 TUNE_FILE = "autotune.json"
 BF16_BACKENDS = ("cudnn", "cublaslt")
@@ -207,10 +210,13 @@ def _tune_one(label: str, fn: Callable[[], None], op: AutoTuneOp, report: TuneRe
     log(f"flashinfer: tuned {op.op} n={op.n} k={op.k} {m} {label} in {secs:.1f}s")
 
 
-def cover_ranks(path: Path, ops: list[AutoTuneOp], tuned: list[dict[str, Any]], tp: int) -> dict[str, Any]:
+def cover_ranks(path: Path, ops: list[AutoTuneOp], tuned: list[dict[str, Any]], tp: int,
+                fmt: Optional[MoeKeyFormat] = None) -> dict[str, Any]:
     """Rewrite the saved file so every rank of the world finds its fused-MoE entries, with
     the covered world recorded inside it; returns that record. Raises when a rank would
-    still miss (the file would be partial)."""
+    still miss (the file would be partial). ``fmt``: the key format (default: the
+    installed FlashInfer's)."""
+    fmt = fmt or versions.installed_flashinfer().facts.moe_key
     doc = json.loads(path.read_text()) if path.is_file() else {}
     moe_tuned = {(t["n"], t["k"], t.get("mode")) for t in tuned if t["op"] == MOE_OP}
     world = tp
@@ -219,14 +225,15 @@ def cover_ranks(path: Path, ops: list[AutoTuneOp], tuned: list[dict[str, Any]], 
         if op.op != MOE_OP or (op.n, op.k, op.mode) not in moe_tuned:
             continue
         keys = op.rank_keys()
-        tactics.copy_to_ranks(doc, op.tp_size, op.ep_size, keys[0], keys)
-        missing = tactics.missing_moe_keys(doc, op.tp_size, op.ep_size, keys)
+        tactics.copy_to_ranks(doc, op.tp_size, op.ep_size, keys[0], keys, fmt)
+        missing = tactics.missing_moe_keys(doc, op.tp_size, op.ep_size, keys, fmt)
         if missing:
             raise RuntimeError(f"fused MoE n={op.n} k={op.k}: the tactic file has no entry for (tp_rank, ep_rank) "
-                               f"{missing} after tuning {keys[0]}; FlashInfer's key format may have changed")
+                               f"{missing} after tuning {keys[0]} ({fmt.name}); FlashInfer's key format may have "
+                               "changed")
         world = op.tp_size * op.ep_size
         entries.append({"op": op.op, "n": op.n, "k": op.k, "mode": op.mode, "tuned_rank_key": list(keys[0]),
-                        "rank_keys": [list(k) for k in keys]})
+                        "rank_keys": [list(k) for k in keys], "key_format": fmt.name})
     coverage = {"world_size": world, "worker_ranks": list(range(world)),
                 "rank_keys": entries[0]["rank_keys"] if entries else [], "moe": entries,
                 "ops": sorted({t["op"] for t in tuned})}
