@@ -252,10 +252,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"kernel_warmer.plan.flashinfer is not importable ({exc}); "
                          "the FlashInfer half of the plan is missing from this install") from None
-    from kernel_warmer.engine import default_max_num_batched_tokens
+    from kernel_warmer.versions import installed_vllm
 
-    # unset: vLLM's default on an H100/H200-class GPU (the warmer reads the real GPU at run time)
-    tokens = spec.flashinfer.max_num_batched_tokens or default_max_num_batched_tokens(80 << 30, "H100", 90)
+    # unset: this vLLM's default on an H100/H200-class GPU (the warmer reads the real GPU at run time)
+    tokens = spec.flashinfer.max_num_batched_tokens or installed_vllm().facts.default_max_num_batched_tokens(
+        80 << 30, "H100", 90)
     ops, skipped_ops = plan_ops(arch, spec.tensor_parallel_size, tokens, spec.flashinfer.quantization, args.sm,
                                 spec.engine)
     doc["autotune_ops"] = [o.to_dict() for o in ops]

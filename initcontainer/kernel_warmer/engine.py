@@ -2,8 +2,9 @@
 
 Part of the contract (stdlib only): the operator reads it from the workload's container
 (command, args, literal env) and the warmer's CLI from ``--serve-command``. The facts below
-are vLLM 0.33.0's (``vllm/engine/arg_utils.py``, ``vllm/config/*.py``,
-``vllm/utils/argparse_utils.py``); every value records where it came from, so the status
+are vLLM's (``vllm/engine/arg_utils.py``, ``vllm/config/*.py``,
+``vllm/utils/argparse_utils.py``); the names that differ between releases are in
+``kernel_warmer/versions.py``; every value records where it came from, so the status
 can say "tensorParallelSize 2 from args --tensor-parallel-size".
 
 What cannot be read is said, never guessed: a ``--config`` YAML file lives in the image,
@@ -17,50 +18,29 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
+from kernel_warmer import versions
 from kernel_warmer.errors import FieldError
 
-VLLM_VERSIONS = ("0.33.0",)  # the releases whose call sites and flags this module follows
-
-# vllm/v1/attention/backends/registry.py: AttentionBackendEnum
-ATTENTION_BACKENDS = (
-    "FLASH_ATTN", "FLASH_ATTN_DIFFKV", "TRITON_ATTN", "TRITON_ATTN_DIFFKV", "TRITON_FLASH_ATTN",
-    "ROCM_ATTN", "ROCM_SEGMENTED_ATTN", "ROCM_AITER_MLA", "ROCM_AITER_TRITON_MLA", "ROCM_AITER_FA",
-    "ROCM_AITER_MLA_SPARSE", "XPU_MLA_SPARSE", "TORCH_SDPA", "FLASHINFER", "TRITON_FLASHINFER",
-    "FLASHINFER_MLA", "TOKENSPEED_MLA", "FLASHINFER_MLA_SPARSE", "FLASHINFER_MLA_SPARSE_SM120",
-    "FLASHINFER_MLA_SPARSE_SM90", "TRITON_MLA", "CUTLASS_MLA",
-)
-# vllm/config/cache.py: CacheDType
-KV_CACHE_DTYPES = (
-    "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
-    "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
-    "turboquant_3bit_nc", "octave_k3v4", "octave_k3v3", "octave_k3v3_compact", "ultraquant_4bit",
-    "int4_per_token_head", "int8_per_token_head", "fp8_per_token_head", "nvfp4", "nvfp4_4over6",
-)
+# The releases whose flags this module knows (kernel_warmer/versions.py, one row a range):
+# a name is accepted when any of them takes it; the warmer, which knows the image's vLLM,
+# checks the exact release (versions.unknown_names).
+VLLM_RELEASES = f"{versions.VLLM[0].label}-{versions.VLLM[-1].label}"
+ATTENTION_BACKENDS = versions.ALL_NAMES.attention
+KV_CACHE_DTYPES = versions.ALL_NAMES.kv_cache
+MOE_BACKENDS = versions.ALL_NAMES.moe
+LINEAR_BACKENDS = versions.ALL_NAMES.linear
 # vllm/config/model.py: ModelDType, and what each spelling means
 MODEL_DTYPES = {"auto": "auto", "half": "float16", "float16": "float16", "bfloat16": "bfloat16",
                 "float": "float32", "float32": "float32"}
-# vllm/config/kernel.py: MoEBackend, LinearBackend
-MOE_BACKENDS = (
-    "auto", "triton", "batched_triton", "deep_gemm", "deep_gemm_mega_moe", "cutlass",
-    "flashinfer_trtllm", "flashinfer_cutlass", "flashinfer_cutedsl", "flashinfer_moe_ep_cutedsl",
-    "flashinfer_b12x", "b12x", "flashinfer_moe_ep_mega_deep_gemm", "marlin", "humming",
-    "triton_unfused", "aiter", "aiter_mega_moe", "aiter_triton_mxfp4_bf16",
-    "aiter_triton_mxfp4_mxfp4", "flydsl", "hpc", "emulation", "rdna3",
-)
-LINEAR_BACKENDS = (
-    "auto", "cutlass", "flashinfer_cutlass", "flashinfer_cutedsl", "flashinfer_trtllm",
-    "flashinfer_cudnn", "flashinfer_b12x", "b12x", "marlin", "humming", "triton", "deep_gemm",
-    "torch", "aiter", "machete", "fbgemm", "conch", "exllama", "emulation", "xpu", "xpu_woq",
-)
 RUNNERS = ("auto", "generate", "pooling", "draft")
-# Environment variables vLLM 0.33 reads that decide a FlashInfer kernel (vllm/envs.py, both
-# ``bool(int(os.getenv(name, "1")))``): FP8 block-scale dense layers on Hopper run
+# Environment variables vLLM reads that decide a FlashInfer kernel (vllm/envs.py of 0.26-0.34,
+# both ``bool(int(os.getenv(name, "1")))``): FP8 block-scale dense layers on Hopper run
 # FlashInfer's fp8_blockscale_gemm_sm90 for M < 32 only while both are on.
 ENV_FIELDS = {
     "VLLM_USE_DEEP_GEMM": "engine.deepGemm",
     "VLLM_BLOCKSCALE_FP8_GEMM_FLASHINFER": "engine.flashinferBlockscaleFp8Gemm",
 }
-# Environment variables earlier vLLM releases read and 0.33 does not (vllm/envs.py).
+# Environment variables earlier vLLM releases read and 0.26-0.34 do not (vllm/envs.py).
 REMOVED_ENV = {
     "VLLM_ATTENTION_BACKEND": "--attention-backend",
     "VLLM_USE_FLASHINFER_MOE_FP8": "--moe-backend flashinfer_cutlass",
@@ -122,7 +102,7 @@ def _choice(choices: Sequence[str], normalise=lambda s: s):
     def parse(flag: str, raw: str) -> str:
         value = normalise(raw)
         if value not in choices:
-            raise EngineArgError(flag, f"{raw!r:.60} is not one vLLM {VLLM_VERSIONS[-1]} knows; "
+            raise EngineArgError(flag, f"{raw!r:.60} is not one any vLLM {VLLM_RELEASES} knows; "
                                        f"one of: {', '.join(choices)}")
         return value
     return parse
@@ -324,7 +304,7 @@ def parse_serve(command: Sequence[str] = (), args: Sequence[str] = (),
         values["engine.flashinferAutotune"], sources["engine.flashinferAutotune"] = False, "args -O0"
     for name, instead in REMOVED_ENV.items():
         if env and name in env:
-            notes.append(f"env {name} is not read by vLLM {VLLM_VERSIONS[-1]}; it uses {instead}")
+            notes.append(f"env {name} is not read by vLLM {VLLM_RELEASES}; it uses {instead}")
     _apply_env(values, sources, notes, env or {})
     model = values.pop("model", None)
     sources.pop("model", None)
@@ -382,18 +362,3 @@ def merge_into_spec(spec: Mapping[str, Any], serve: Optional[ServeCommand]) -> t
         elif mine != value:
             conflicts.append(Conflict(path, mine, value, serve.sources[path]))
     return merged, conflicts
-
-
-# --- vLLM's defaults that depend on the GPU -------------------------------------------------
-
-GIB = 1 << 30
-
-
-def default_max_num_batched_tokens(gpu_memory_bytes: int, gpu_name: str, capability: int) -> int:
-    """``vllm serve``'s default (OpenAI API server) on a CUDA GPU: EngineArgs.get_batch_defaults
-    (vllm/engine/arg_utils.py): 16384 from 160 GiB, 8192 from 70 GiB (not A100, not GB10), else 2048."""
-    if gpu_memory_bytes >= 160 * GIB:
-        return 16384
-    if gpu_memory_bytes >= 70 * GIB and "a100" not in gpu_name.lower() and capability != 121:
-        return 8192
-    return 2048

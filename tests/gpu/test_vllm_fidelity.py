@@ -7,8 +7,12 @@ code (not from the warmer's plan), the attention calls the server makes. After
 visible), a fresh process makes those calls on ragged batches: **zero compiles**, and the
 results match PyTorch SDPA. A planner or argument mistake shows up as a compile.
 
-Needs CUDA and vLLM's kernel module (``tests/support/vllm_kernel.py`` fetches it from PyPI
-into ``.vllm-kernel``; on a machine without network, carry that folder).
+Every case runs with vLLM 0.33.0's kernel; a few cases also with the oldest and the newest
+release the warmer knows (0.26.0, 0.34.0: another kernel file, and 0.34's launcher asks
+the GPU's shared memory), since the call sites pass the same arguments in every release.
+
+Needs CUDA and vLLM's kernel modules (``tests/support/vllm_kernel.py`` fetches them from
+PyPI into ``.vllm-kernel/<version>``; on a machine without network, carry that folder).
 """
 
 from __future__ import annotations
@@ -89,9 +93,19 @@ UNREACHED = [("llama3-8b", "vllm serve meta-llama/Llama-3.1-8B -tp 2"),
              ("qwen2.5-vl-7b", "vllm serve Qwen/Qwen2.5-VL-7B-Instruct")]
 
 
+# (case, vLLM release): every case on 0.33.0, these also on 0.26.0 and 0.34.0
+OTHER_RELEASES = ("bge-m3-tp1", "qwen25vl-vit-tp2", "gemma2-fork-tp2")
+RUNS = [pytest.param(c, v, id=f"{c.name}-{v}") for v in vllm_kernel.VERSIONS for c in CASES
+        if v == vllm_kernel.VLLM_VERSION or c.name in OTHER_RELEASES]
+
+
 @pytest.fixture(scope="session")
 def vllm_path() -> Path:
     return vllm_kernel.ensure()
+
+
+def release_path(version: str) -> Path:
+    return vllm_kernel.ensure(version=version)
 
 
 def env_for(vllm_path: Path, cache: Path | None = None, gpu: bool = True) -> dict:
@@ -128,9 +142,10 @@ def server_calls(case: Case, cache: Path, vllm_path: Path, tag: str) -> list[dic
     return results
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case,release", RUNS)
 @pytest.mark.parametrize("mode", ["gpu", "compile-only"])
-def test_server_calls_compile_nothing_after_warmup(case, mode, tmp_path, vllm_path):
+def test_server_calls_compile_nothing_after_warmup(case, release, mode, tmp_path):
+    vllm_path = release_path(release)
     cache = tmp_path / "cache"
     if mode == "gpu":
         summary = warm(case, cache, vllm_path)
@@ -138,13 +153,14 @@ def test_server_calls_compile_nothing_after_warmup(case, mode, tmp_path, vllm_pa
         summary = warm(case, cache, vllm_path, "--compile-only", "--target", "sm_90", gpu=False)
     assert summary["triton"]["failed"] == 0, summary
     assert summary["triton"]["compiled"] >= 1, summary
-    results = server_calls(case, cache, vllm_path, f"{case.name}-{mode}")
+    assert summary["versions"]["vllm"] == release and not summary.get("warnings"), summary
+    results = server_calls(case, cache, vllm_path, f"{case.name}-{release}-{mode}")
     for r in results:
         assert r["compiled"] == 0, f"the server compiled after warmup: {r}"
         assert r["max_abs_err"] < 2e-2, r
     # the control: the same calls on an empty cache do compile (the count can fail)
     (tmp_path / "cold").mkdir()
-    cold = server_calls(case, tmp_path / "cold" / "cache", vllm_path, f"{case.name}-{mode}-cold")
+    cold = server_calls(case, tmp_path / "cold" / "cache", vllm_path, f"{case.name}-{release}-{mode}-cold")
     assert all(r["compiled"] >= 1 for r in cold), cold
 
 

@@ -4,11 +4,13 @@ Nothing of vLLM's code is committed: ``ensure()`` downloads the wheel once
 (``pip download --no-deps``, cached under ``$KERNEL_WARMUP_CACHE/vllm-wheels``), extracts
 only the kernel module and the one light helper it imports (``vllm/utils/math_utils.py``)
 into an ignored folder, and writes small stand-ins for the heavy parents the kernel imports
-(``vllm.platforms``, ``vllm.triton_utils``) and empty package markers. The kernel file
-itself is vLLM's, byte for byte, at vLLM's own module path, so Triton's cache key (which
-hashes the kernel's source) is the one a real vLLM install computes.
+(``vllm.platforms``, ``vllm.triton_utils``, and from 0.34 ``vllm.utils.mem_utils``, whose
+shared-memory query goes through vLLM's compiled ops) and empty package markers. The kernel
+file itself is vLLM's, byte for byte, at vLLM's own module path, so Triton's cache key
+(which hashes the kernel's source) is the one a real vLLM install computes. One folder per
+release: ``.vllm-kernel/<version>``.
 
-    python tests/support/vllm_kernel.py [--dest .vllm-kernel] [--version 0.33.0]
+    python tests/support/vllm_kernel.py [--dest .vllm-kernel/0.33.0] [--version 0.33.0]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import zipfile
 from pathlib import Path
 
 VLLM_VERSION = "0.33.0"
+# The releases the tests compile: the oldest the warmer knows, the one it was built on, the newest
+VERSIONS = ("0.26.0", "0.33.0", "0.34.0")
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DEST = ROOT / ".vllm-kernel"
 KERNEL = "vllm/v1/attention/ops/triton_prefill_attention.py"
@@ -52,8 +56,22 @@ class _Cuda:
     def has_device_capability(self, capability):
         return self.get_device_capability() >= capability
 
+    def is_xpu(self):
+        return False
+
 
 current_platform = _Cuda()
+'''
+
+# vllm.utils.mem_utils stand-in (0.34): the shared-memory query vLLM answers with
+# cudaDevAttrMaxSharedMemoryPerBlockOptin through its compiled ops; torch reads the same.
+MEM_UTILS = '''"""Test stand-in for vllm.utils.mem_utils (the real one imports vLLM's compiled ops)."""
+
+
+def get_max_shared_memory_bytes(gpu: int = 0) -> int:
+    import torch
+
+    return int(torch.cuda.get_device_properties(gpu).shared_memory_per_block_optin)
 '''
 
 TRITON_UTILS = '''"""Test stand-in for vllm.triton_utils: the names the kernel imports."""
@@ -84,8 +102,10 @@ def wheel_path(version: str = VLLM_VERSION) -> Path:
     return found[0]
 
 
-def ensure(dest: Path = DEFAULT_DEST, version: str = VLLM_VERSION) -> Path:
-    """``dest`` holds an importable ``vllm`` with vLLM's real kernel; returns ``dest``."""
+def ensure(dest: Path | None = None, version: str = VLLM_VERSION) -> Path:
+    """``dest`` (default ``.vllm-kernel/<version>``) holds an importable ``vllm`` with vLLM's
+    real kernel; returns ``dest``."""
+    dest = dest or DEFAULT_DEST / version
     stamp = dest / "vllm" / ".source"
     if stamp.is_file() and stamp.read_text().startswith(f"vllm=={version} "):
         return dest
@@ -98,10 +118,15 @@ def ensure(dest: Path = DEFAULT_DEST, version: str = VLLM_VERSION) -> Path:
     for pkg in PACKAGES:
         (dest / pkg / "__init__.py").touch()
     (dest / "vllm" / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    meta = dest / f"vllm-{version}.dist-info"  # the warmer reads the release from package metadata
+    meta.mkdir(exist_ok=True)
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
     (dest / "vllm" / "platforms").mkdir(exist_ok=True)
     (dest / "vllm" / "platforms" / "__init__.py").write_text(PLATFORMS)
     (dest / "vllm" / "triton_utils").mkdir(exist_ok=True)
     (dest / "vllm" / "triton_utils" / "__init__.py").write_text(TRITON_UTILS)
+    if b"vllm.utils.mem_utils" in (dest / KERNEL).read_bytes():
+        (dest / "vllm" / "utils" / "mem_utils.py").write_text(MEM_UTILS)
     digest = hashlib.sha256((dest / KERNEL).read_bytes()).hexdigest()
     stamp.write_text(f"vllm=={version} {whl.name} kernel-sha256={digest}\n")
     return dest
@@ -109,7 +134,7 @@ def ensure(dest: Path = DEFAULT_DEST, version: str = VLLM_VERSION) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    ap.add_argument("--dest", type=Path, default=None)
     ap.add_argument("--version", default=VLLM_VERSION)
     args = ap.parse_args()
     dest = ensure(args.dest, args.version)

@@ -1,10 +1,10 @@
-"""kernel_warmer.engine: what a container's `vllm serve` command sets (vLLM 0.33.0's flags)."""
+"""kernel_warmer.engine: what a container's `vllm serve` command sets (the flags of vLLM 0.26-0.34;
+the per-release defaults are tests/unit/test_versions.py)."""
 
 import pytest
 
 from kernel_warmer.engine import (
     EngineArgError,
-    default_max_num_batched_tokens,
     find_serve_args,
     merge_into_spec,
     parse_serve,
@@ -109,17 +109,6 @@ def test_what_cannot_be_read_is_said():
 def test_a_container_without_vllm_is_none(command, args):
     assert parse_serve(command, args) is None
     assert find_serve_args(command, args)[0] is None
-
-
-@pytest.mark.parametrize("memory,name,cap,expected", [
-    (80 * GIB, "NVIDIA H100 80GB HBM3", 90, 8192),
-    (141 * GIB, "NVIDIA H200", 90, 8192),
-    (80 * GIB, "NVIDIA A100-SXM4-80GB", 80, 2048),
-    (192 * GIB, "NVIDIA B200", 100, 16384),
-    (24 * GIB, "NVIDIA L4", 89, 2048),
-])
-def test_default_max_num_batched_tokens_follows_vllm(memory, name, cap, expected):
-    assert default_max_num_batched_tokens(memory, name, cap) == expected
 
 
 def test_command_fills_what_the_kernelwarmup_leaves_unset_and_reports_conflicts():

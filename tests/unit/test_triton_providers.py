@@ -22,9 +22,11 @@ PLAN = {"layers": [{"numHeads": 4, "numKvHeads": 4, "headSize": 64},
                    {"numHeads": 4, "numKvHeads": 4, "headSize": 64, "slidingWindow": 33}]}
 
 
-@pytest.fixture(scope="module")
-def env():
-    path = vllm_kernel.ensure()
+@pytest.fixture(scope="module", params=vllm_kernel.VERSIONS)
+def env(request):
+    """vLLM's kernel of each release the tests compile (0.34's launcher also asks the GPU's
+    shared memory and ``is_xpu``: compile-only answers both for the target)."""
+    path = vllm_kernel.ensure(version=request.param)
     e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "initcontainer"), str(path)]))
     e.pop("TRITON_INTERPRET", None)
     return e

@@ -5,7 +5,8 @@ vLLM's prefill kernel (``vllm/v1/attention/ops/triton_prefill_attention.py``) ta
 windows, causality and sinks as ``tl.constexpr``: a call site that passes ``None`` for a
 window (mapped to 0) compiles another kernel than one that passes ``-1``. So a variant is
 the layer's shape *and* the call site's way of calling, and the provider launches it with
-exactly :meth:`TritonVariant.call_kwargs`. The sites (vLLM 0.33.0, NVIDIA; docs/VLLM.md):
+exactly :meth:`TritonVariant.call_kwargs`. The sites (vLLM 0.33.0, NVIDIA; the same arguments
+in every release 0.26-0.34, kernel_warmer/versions.py; docs/VLLM.md):
 
 ``triton_attn.encoder``  ``TritonAttentionImpl._forward_encoder_attention``
     (``vllm/v1/attention/backends/triton_attn.py:782-795``): bidirectional (encoder-only)
@@ -27,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kernel_warmer.engine import VLLM_VERSIONS
+from kernel_warmer.engine import VLLM_RELEASES
 from kernel_warmer.plan import tp as tp_split
 from kernel_warmer.plan.model import DTYPES, AttentionLayer, ConfigError, ModelArch, VisionTower
 from kernel_warmer.plan.tp import SplitFields
@@ -219,7 +220,7 @@ def _text_site(arch: ModelArch, engine: EngineSection, dtype: str, bidirectional
         return ENCODER, ""
     if backend == "TRITON_ATTN" and engine.kv_cache_dtype.startswith("nvfp4"):
         return FORK, ""
-    return None, (f"decoder attention runs on {backend} ({where}); vLLM {VLLM_VERSIONS[-1]} calls "
+    return None, (f"decoder attention runs on {backend} ({where}); vLLM {VLLM_RELEASES} calls "
                   "context_attention_fwd from no decoder path (TRITON_ATTN prefill runs unified_attention)")
 
 

@@ -71,6 +71,13 @@ def kernel_fingerprint(name: str) -> str:
     return "vllm:unknown"
 
 
+def kernel_sha256() -> Optional[str]:
+    """sha256 of vLLM's installed prefill-kernel file (None: no vLLM here)."""
+    for path in _vllm_kernel_files():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return None
+
+
 def _vllm_kernel_files() -> list[Path]:
     """vLLM's kernel source files, found without importing vLLM (``check`` stays light)."""
     try:
@@ -92,6 +99,9 @@ class ShapeOnlyTensor:
 
     def data_ptr(self) -> int:
         return 0
+
+    def element_size(self) -> int:  # vLLM 0.34's launcher sizes its tile with it
+        return int(self.dtype.itemsize)
 
     def stride(self, dim: Optional[int] = None):
         strides = [1]
@@ -175,20 +185,38 @@ def _vllm_module():
     raise ProviderError("vllm provider: no context_attention_fwd found (" + "; ".join(errors) + ")")
 
 
+# cudaDevAttrMaxSharedMemoryPerBlockOptin by compute capability (CUDA C++ Programming Guide,
+# "Technical Specifications per Compute Capability"), what vLLM 0.34's launcher sizes its
+# tile from (``_fit_block_to_shared_memory``); tests/gpu checks the value of the GPU it runs on.
+SHARED_MEMORY_OPTIN = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 101: 232448,
+                       103: 232448, 110: 232448, 120: 101376, 121: 101376}
+
+
+def shared_memory_bytes(capability: int) -> int:
+    """The target's opt-in shared memory per block (the nearest lower known arch for others)."""
+    known = [c for c in SHARED_MEMORY_OPTIN if c <= capability]
+    if not known:
+        raise ProviderError(f"compile-only: no shared-memory size known for SM{capability}")
+    return SHARED_MEMORY_OPTIN[max(known)]
+
+
 class TargetPlatform:
-    """vLLM's ``current_platform`` as the launcher asks it, answering for a target GPU."""
+    """vLLM's ``current_platform`` as the launcher asks it, answering for a target GPU:
+    CUDA, and no other platform (``is_rocm``, ``is_xpu`` (0.34), ``is_cpu``, ...)."""
 
     def __init__(self, capability: int) -> None:
         self.capability = capability
-
-    def is_rocm(self) -> bool:
-        return False
 
     def is_cuda(self) -> bool:
         return True
 
     def is_cuda_alike(self) -> bool:
         return True
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("is_"):  # every other platform predicate vLLM asks: not this one
+            return lambda *args, **kwargs: False
+        raise AttributeError(f"compile-only platform: vLLM's launcher asked {name!r}, which it does not answer")
 
     def get_device_capability(self, device_id: int = 0) -> int:
         return self.capability
@@ -217,18 +245,41 @@ class _WarmupKernel:
         return getattr(self.kernel, name)
 
 
+# What vLLM's launcher module asks the GPU, and the compile-only answer for the target:
+# the platform (every release) and the shared memory per block (0.34's tile fitting).
+_ANSWERS: dict[str, Callable[[int], Any]] = {
+    "current_platform": TargetPlatform,
+    "get_max_shared_memory_bytes": lambda cap: (lambda *args, **kwargs: shared_memory_bytes(cap)),
+}
+
+
 @contextlib.contextmanager
 def warmup_only(module: Any, capability: int) -> Iterator[_WarmupKernel]:
-    """Within: every launch of ``module._fwd_kernel`` compiles only, for ``capability``."""
-    kernel, platform = module._fwd_kernel, getattr(module, "current_platform", None)
+    """Within: every launch of ``module._fwd_kernel`` compiles only, for ``capability``, and
+    every GPU question the launcher asks (``_ANSWERS``, where the module has it) is answered
+    for the target."""
+    kernel = module._fwd_kernel
+    saved = {name: getattr(module, name) for name in _ANSWERS if hasattr(module, name)}
     proxy = _WarmupKernel(kernel)
-    module._fwd_kernel, module.current_platform = proxy, TargetPlatform(capability)
+    module._fwd_kernel = proxy
+    for name in saved:
+        setattr(module, name, _ANSWERS[name](capability))
+    _clear_caches(module)
     try:
         yield proxy
     finally:
         module._fwd_kernel = kernel
-        if platform is not None:
-            module.current_platform = platform
+        for name, value in saved.items():
+            setattr(module, name, value)
+        _clear_caches(module)
+
+
+def _clear_caches(module: Any) -> None:
+    """vLLM 0.34 caches its tile fitting (functools.cache): an answer for the target must
+    not outlive the warmup, nor a GPU's answer leak into it."""
+    fit = getattr(module, "_fit_block_to_shared_memory", None)
+    if hasattr(fit, "cache_clear"):
+        fit.cache_clear()
 
 
 def build_launcher(compiled: Any) -> str:
