@@ -44,14 +44,6 @@ def llama_arch():
     return load_arch(LLAMA3_8B)
 
 
-def spec_for(max_tokens: int, tp: int, cache_dir: str):
-    from kernel_warmer.spec import FlashInferSection, ModelSource, WarmerSpec
-
-    return WarmerSpec(model=ModelSource(config_path="/unused/config.json"), cache_dir=cache_dir,
-                      tensor_parallel_size=tp,
-                      flashinfer=FlashInferSection(quantization="none", max_num_batched_tokens=max_tokens))
-
-
 def card() -> str:
     import torch
 

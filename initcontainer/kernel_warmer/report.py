@@ -20,6 +20,7 @@ TERMINATION_LIMIT = 4096
 PHASES = ("check", "triton_compile", "flashinfer_jit", "flashinfer_tune")
 # What the cache check found (summary "cache"): warm (nothing to do) or cold (warmed now).
 CACHE_STATES = ("warm", "cold")
+MAX_WARNINGS = 5  # in the termination message, each cut to 300 characters
 
 
 @dataclass
@@ -40,6 +41,10 @@ class WarmupSummary:
     error: Optional[str] = None
     phases: dict[str, float] = field(default_factory=dict)  # PHASES -> seconds, those that ran
     cache: str = ""  # one of CACHE_STATES once the cache was checked
+    # What the warmer ran with (kernel_warmer/versions.py Runtime.to_dict) and what it warns of
+    # (a version no table row covers, a flag this vLLM release refuses, ...): also in the log.
+    versions: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     # Per-variant and per-layer detail; dropped first when space is short.
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +57,9 @@ class WarmupSummary:
         d["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
         if not d["cache"]:
             del d["cache"]
+        for k in ("versions", "warnings"):
+            if not d[k]:
+                del d[k]
         return d
 
     def to_json(self) -> str:
@@ -62,6 +70,8 @@ class WarmupSummary:
         non-scalar fields, then the error is shortened."""
         d = self.to_dict()
         d.pop("details", None)
+        if d.get("warnings"):
+            d["warnings"] = [w[:300] for w in d["warnings"][:MAX_WARNINGS]]
         text = _dumps(d)
         if len(text.encode()) <= limit:
             return text
@@ -98,6 +108,8 @@ class WarmupSummary:
             error=d.get("error"),
             phases=_phases(d.get("phases")),
             cache=d["cache"] if d.get("cache") in CACHE_STATES else "",
+            versions=dict(d.get("versions") or {}) if isinstance(d.get("versions"), dict) else {},
+            warnings=[str(w) for w in d.get("warnings") or [] if isinstance(w, str)][:MAX_WARNINGS],
             details=dict(d.get("details") or {}),
         )
 

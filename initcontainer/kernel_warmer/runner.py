@@ -7,6 +7,7 @@ only when something must be compiled.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -25,9 +26,12 @@ from kernel_warmer.cache.manifest import (
     verify,
     write_manifest,
 )
+from kernel_warmer import versions
 from kernel_warmer.cache.volume import CacheLayout
 from kernel_warmer.faults import fault_point
+from kernel_warmer.gpu import probe as probe_gpu
 from kernel_warmer.files import LockTimeout, file_lock
+from kernel_warmer.plan.flashinfer import FlashInferPlan, plan_for_gpu
 from kernel_warmer.plan.model import ModelArch, load_arch
 from kernel_warmer.plan.triton import TritonPlan, plan_triton
 from kernel_warmer.report import TritonCounts, WarmupSummary
@@ -49,39 +53,59 @@ class Resolved:
     env: EnvKey
     key: str
     key_doc: dict = field(repr=False, default_factory=dict)
+    # None: FlashInfer off, or the GPU unknown here (NVML absent; the phase plans with torch)
+    flashinfer: Optional[FlashInferPlan] = None
+    runtime: Optional[versions.Runtime] = None
 
     @property
     def layout(self) -> CacheLayout:
         return CacheLayout(Path(self.spec.cache_dir))
 
 
-def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider: str) -> dict:
-    """The plan half of the manifest key: what would be warmed, not how long it took."""
-    fi = spec.flashinfer
-    moe = arch.moe
+# Bumped when the manifest's meaning changes: an older manifest then reads as cold.
+# 3: the key is the resolved work (issue 23); the FlashInfer half used to be a field list.
+KEY_FORMAT = 3
+
+
+def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider: str,
+                 flashinfer: Optional[FlashInferPlan], flashinfer_installed: bool = True) -> dict:
+    """The plan half of the manifest key: the work itself (what is compiled and tuned), so it
+    changes exactly when the work does; the environment half is ``EnvKey`` (versions, GPU
+    model, Triton's env). Where the GPU is unknown the FlashInfer work cannot be resolved
+    here, and every input of its plan stands in for it."""
+    fi: Any = None
+    if spec.flashinfer.enabled and not flashinfer_installed:
+        fi = "not installed"  # the phase does nothing, whatever the spec asks of it
+    elif spec.flashinfer.enabled:
+        fi = flashinfer.key_doc() if flashinfer is not None else {"unresolved": unresolved_inputs(spec, arch)}
     return {
+        "format": KEY_FORMAT,
         "triton": {
-            "enabled": spec.triton.enabled,
             "kernel": providers.kernel_fingerprint(provider) if provider != "none" else None,
-            "variants": [v.to_dict() for v in triton.variants] if spec.triton.enabled else [],
+            "variants": [v.to_dict() for v in triton.variants] if spec.triton.enabled and provider != "none" else [],
         },
-        "flashinfer": {
-            "enabled": fi.enabled,
-            # 2: every rank's fused-MoE keys + the covered world in the file, JIT modules
-            # on the volume and in the manifest (issue 12); an older manifest reads as cold
-            "format": 2,
-            "quantization": fi.quantization,
-            "maxNumBatchedTokens": fi.max_num_batched_tokens,
-            "tensorParallelSize": spec.tensor_parallel_size,
-            "arch": {
-                "dtype": arch.dtype, "hidden": arch.hidden_size, "intermediate": arch.intermediate_size,
-                "layers": arch.num_hidden_layers, "quantization": arch.quantization,
-                "heads": sorted({(a.num_heads, a.num_kv_heads, a.head_size) for a in arch.attention_layers}),
-                "moe": [moe.num_experts, moe.experts_per_token, moe.intermediate_size,
-                        moe.shared_expert_intermediate_size] if moe else None,
-            },
-        } if fi.enabled else {"enabled": False},
+        "flashinfer": fi,
     }
+
+
+def unresolved_inputs(spec: WarmerSpec, arch: ModelArch) -> dict:
+    """Every input of the FlashInfer plan but the GPU (whose model is in the env key)."""
+    moe = arch.moe
+    # sharded and rank0 tuning write the same bytes (tests/unit/test_dist_sharded.py)
+    fi = {k: v for k, v in _dump_section(spec.flashinfer).items() if k != "tuning"}
+    return {
+        "flashinfer": fi, "engine": _dump_section(spec.engine), "tensorParallelSize": spec.tensor_parallel_size,
+        "arch": {"dtype": arch.dtype, "hidden": arch.hidden_size, "intermediate": arch.intermediate_size,
+                 "layers": arch.num_hidden_layers, "quantization": arch.quantization,
+                 "fp8Block": arch.fp8_block_scaled, "fp8Activation": arch.fp8_activation_scheme,
+                 "heads": sorted({(a.num_heads, a.num_kv_heads, a.head_size) for a in arch.attention_layers}),
+                 "moe": [moe.num_experts, moe.experts_per_token, moe.intermediate_size,
+                         moe.shared_expert_intermediate_size] if moe else None},
+    }
+
+
+def _dump_section(section: Any) -> dict:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
 
 
 def resolve(spec: WarmerSpec) -> Resolved:
@@ -90,8 +114,28 @@ def resolve(spec: WarmerSpec) -> Resolved:
     target = spec.triton.compile_only_target
     provider = (providers.resolve(spec.triton.provider) or "none") if spec.triton.enabled else "none"
     env = compute_env_key(target)
-    doc = key_document(spec, arch, triton, provider)
-    return Resolved(spec, arch, triton, provider, target, env, manifest_key(doc, env.to_dict()), doc)
+    runtime = versions.read_runtime()
+    has_fi = runtime.flashinfer is not None
+    gpu = probe_gpu() if has_fi and not target and spec.flashinfer.enabled else None
+    fi_plan = plan_for_gpu(spec, arch, gpu, runtime.vllm_facts.facts)
+    doc = key_document(spec, arch, triton, provider, fi_plan, has_fi)
+    return Resolved(spec, arch, triton, provider, target, env, manifest_key(doc, env.to_dict()), doc, fi_plan, runtime)
+
+
+def version_warnings(r: Resolved) -> list[str]:
+    """What the table rows say of this image: an unknown release, a FlashInfer other than
+    vLLM's pin, a flag the release refuses, a kernel that is not the release's own file."""
+    rt = r.runtime
+    out = rt.warnings()
+    if rt.vllm:
+        out += versions.unknown_names(rt.vllm_facts.facts, r.spec.engine)
+        if r.provider == "vllm" and rt.vllm_facts.exact:
+            found = providers.kernel_sha256()
+            if found and found != rt.vllm_facts.facts.kernel_sha256:
+                out.append(f"vLLM {rt.vllm}'s prefill kernel is not the released file (sha256 {found[:12]}, released "
+                           f"{rt.vllm_facts.facts.kernel_sha256[:12]}: a patched build?); it is compiled as it is, "
+                           f"called as vLLM {rt.vllm_facts.facts.label}'s call sites call it")
+    return out
 
 
 def check(spec: WarmerSpec) -> tuple[bool, str, str]:
@@ -109,6 +153,10 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
     try:
         r = resolve(spec)
         summary.cache_key = r.key
+        summary.versions = r.runtime.to_dict()
+        summary.warnings = version_warnings(r)
+        for w in summary.warnings:
+            log(f"WARNING: {w}")
         summary.triton.skipped = len(r.triton.skipped)
         summary.details["skippedLayers"] = [s.to_dict() for s in r.triton.skipped][:64]
         summary.details["provider"] = r.provider
@@ -234,7 +282,7 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
             run_phase,  # written alongside; lazy: it imports flashinfer inside
         )
 
-        fi = run_phase(spec, r.arch, layout, log)
+        fi = run_phase(spec, r.arch, layout, log, r.flashinfer)
         summary.flashinfer = fi
         for phase, key in (("flashinfer_jit", "jit_seconds"), ("flashinfer_tune", "tune_seconds")):
             if isinstance(fi.get(key), (int, float)) and not isinstance(fi.get(key), bool):

@@ -8,8 +8,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from kernel_warmer import versions
 from kernel_warmer.cache.volume import CacheLayout
 from kernel_warmer.files import sha256_file
 from kernel_warmer.flashinfer import jit, tactics
@@ -27,8 +28,8 @@ from kernel_warmer.flashinfer.tune import (
     tune_items,
     tune_ops,
 )
-from kernel_warmer.engine import default_max_num_batched_tokens
-from kernel_warmer.plan.flashinfer import AutoTuneOp, JitCall, plan_jit_calls, plan_ops
+from kernel_warmer.gpu import GpuFacts
+from kernel_warmer.plan.flashinfer import AutoTuneOp, FlashInferPlan, JitCall, plan_for_gpu
 from kernel_warmer.plan.shard import work_items
 
 
@@ -121,12 +122,26 @@ class AutotuneJob:
                 "shares": run.shares}
 
 
-def gpu_default_max_num_batched_tokens(sm: Any) -> int:
-    """vLLM's ``--max-num-batched-tokens`` default for this GPU (engine.py)."""
+def torch_gpu() -> GpuFacts:
+    """GPU 0 as torch sees it (where NVML could not be read before the run)."""
     import torch
 
     props = torch.cuda.get_device_properties(0)
-    return default_max_num_batched_tokens(int(props.total_memory), str(props.name), int(sm or 0))
+    return GpuFacts(str(props.name), int(current_sm() or 0), int(props.total_memory), torch.cuda.device_count())
+
+
+def gpu_plan(spec: Any, arch: Any, planned: Optional[FlashInferPlan], log: Callable[[str], None]) -> FlashInferPlan:
+    """The plan resolved before the run (from NVML, the one the cache key holds), checked
+    against the GPU torch sees; made here from torch where none was resolved."""
+    sm = current_sm()
+    if planned is not None and planned.sm == sm:
+        return planned
+    facts = versions.installed_vllm().facts
+    if planned is not None:
+        log(f"flashinfer: WARNING: NVML reported SM{planned.sm}, torch SM{sm}: planned again for torch's GPU")
+    plan = plan_for_gpu(spec, arch, torch_gpu(), facts)
+    assert plan is not None  # FlashInfer is enabled here
+    return plan
 
 
 def local_gpu_count() -> int:
@@ -135,11 +150,11 @@ def local_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], None]) -> dict[str, Any]:
+def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], None],
+              planned: Optional[FlashInferPlan] = None) -> dict[str, Any]:
     """The ``kernel-warmer run`` entry: summary["flashinfer"] (JSON-able), never raises for
-    a missing FlashInfer or an op the GPU cannot run; raises on rank disagreement/timeouts."""
-    from kernel_warmer.dist.workers import run_local_workers
-
+    a missing FlashInfer or an op the GPU cannot run; raises on rank disagreement/timeouts.
+    ``planned``: the work resolved with the cache key (runner.resolve)."""
     t0 = time.monotonic()
     fi = spec.flashinfer
     if not fi.enabled:
@@ -151,30 +166,43 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     gpus = local_gpu_count()
     if gpus == 0:
         return {"status": "skipped: no CUDA GPU visible (FlashInfer tunes on the GPU)"}
-    sm = current_sm()
-    tokens = fi.max_num_batched_tokens or gpu_default_max_num_batched_tokens(sm)
-    ops, skipped = plan_ops(arch, spec.tensor_parallel_size, tokens, fi.quantization, sm, spec.engine)
-    quant = arch.quantization if fi.quantization == "auto" else fi.quantization
-    calls, call_skips = plan_jit_calls(arch, spec.tensor_parallel_size, fi.quantization, sm, spec.engine)
-    base = {"planned": len(ops), "skipped_ops": [s.to_dict() for s in skipped + call_skips], "sm": sm,
-            "gpus_in_pod": gpus, "max_num_batched_tokens": tokens, "jit_calls": [c.to_dict() for c in calls]}
-    if not ops and calls:
-        return compile_only(calls, sm, workspace, layout, float(spec.timeout_seconds), base, log)
-    if not ops:
-        why = skipped[0].reason if skipped else "the model has no layer FlashInfer tunes"
+    plan = gpu_plan(spec, arch, planned, log)
+    base = {"planned": len(plan.ops), "skipped_ops": [s.to_dict() for s in plan.skipped + plan.call_skips],
+            "sm": plan.sm, "gpus_in_pod": gpus, "max_num_batched_tokens": plan.max_num_batched_tokens,
+            "jit_calls": [c.to_dict() for c in plan.calls]}
+    deadline = t0 + float(spec.timeout_seconds)
+    if not plan.ops and plan.calls:
+        return compile_only(list(plan.calls), plan.sm, workspace, layout, deadline - time.monotonic(), base, log)
+    if not plan.ops:
+        why = plan.skipped[0].reason if plan.skipped else "the model has no layer FlashInfer tunes"
         return {"status": f"skipped: vLLM calls no autotuned FlashInfer op here ({why})", **base}
-    job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(layout.flashinfer_root),
-                      tp=spec.tensor_parallel_size, quant=quant, moe=arch.moe,
-                      produce_timeout_s=float(spec.timeout_seconds),
+    first, jit_report = _tune_everywhere(spec, arch, plan, workspace, layout, deadline, gpus, log)
+    files = []
+    if first.get("wrote"):
+        files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
+    files += jit_files(workspace, layout, log)
+    tuned = _tuned_summary(first, fi.tuning, jit_report)
+    skipped = base["skipped_ops"] + tuned.pop("skipped_while_tuning")
+    return {**base, **tuned, "skipped_ops": skipped, "seconds": round(time.monotonic() - t0, 3), "files": files}
+
+
+def _tune_everywhere(spec: Any, arch: Any, plan: FlashInferPlan, workspace: Path, layout: CacheLayout,
+                     deadline: float, gpus: int, log: Callable[[str], None]) -> tuple[dict[str, Any], jit.JitReport]:
+    """Build the modules, then tune on every local GPU; rank 0's result and the JIT report."""
+    from kernel_warmer.dist.workers import run_local_workers
+
+    fi = spec.flashinfer
+    quant = arch.quantization if fi.quantization == "auto" else fi.quantization
+    job = AutotuneJob(ops=[o.to_dict() for o in plan.ops], flashinfer_root=str(layout.flashinfer_root),
+                      tp=plan.world, quant=quant, moe=arch.moe, produce_timeout_s=float(spec.timeout_seconds),
                       bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS, tuning=fi.tuning)
     before = jit.library_state(workspace)
-    jit_report = prepare_jit(ops, sm, workspace, float(spec.timeout_seconds) - (time.monotonic() - t0), log,
-                             tuple(calls))
-    log(f"flashinfer: {len(ops)} op(s) to tune ({fi.tuning}), {gpus} local worker(s)")
+    jit_report = prepare_jit(list(plan.ops), plan.sm, workspace, deadline - time.monotonic(), log, plan.calls)
+    log(f"flashinfer: {len(plan.ops)} op(s) to tune ({fi.tuning}), {gpus} local worker(s)")
     outcomes = run_local_workers(job, gpus, spec=spec.distributed,
                                  timeout_s=float(spec.distributed.timeout_seconds),
                                  # one deadline for the phase: what the JIT build left
-                                 total_timeout_s=max(60.0, float(spec.timeout_seconds) - (time.monotonic() - t0)),
+                                 total_timeout_s=max(60.0, deadline - time.monotonic()),
                                  # a long cuDNN plan build can hold the GIL on rank 0 for a while
                                  stale_after_s=60.0)
     failed = [o for o in outcomes if not o.ok]
@@ -184,20 +212,19 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
     first = outcomes[0].result
     for warning in first.get("warnings") or []:
         log(f"flashinfer: WARNING: {warning}")
-    files = []
-    if first.get("wrote"):
-        files.append({"path": first["path"], "sha256": sha256_file(Path(first["path"]))})
     jit_report.modules_built = jit.built_since(before, workspace)
-    files += jit_files(workspace, layout, log)
+    return first, jit_report
+
+
+def _tuned_summary(first: dict[str, Any], requested: str, jit_report: jit.JitReport) -> dict[str, Any]:
     return {
-        **base,
         "status": "ok",
         "tuned": len(first.get("tuned", [])) if "tuned" in first else None,
         "tuned_ops": first.get("tuned"),
-        "skipped_ops": base["skipped_ops"] + list(first.get("skipped") or []),
+        "skipped_while_tuning": list(first.get("skipped") or []),
         "tune_seconds": first.get("tune_s"),
         "tuning": first.get("tuning"),
-        "tuning_requested": fi.tuning,
+        "tuning_requested": requested,
         "warnings": first.get("warnings") or [],
         "shares": first.get("shares"),
         "jit": jit_report.to_dict(),
@@ -206,13 +233,11 @@ def run_phase(spec: Any, arch: Any, layout: CacheLayout, log: Callable[[str], No
         "jit_modules_built": len(jit_report.modules_built),
         "coverage": first.get("coverage"),
         "warm_start": first.get("warm_start"),
-        "seconds": round(time.monotonic() - t0, 3),
         "env_key": Path(first["path"]).parent.name,
         "sha256": first["sha256"],
         "bytes": first["size"],
         "ranks": [{"rank": r["rank"], "host": r.get("host"), "loaded": r.get("loaded"),
                    "sha256": r.get("sha_file")} for r in first["per_rank"]],
-        "files": files,
     }
 
 

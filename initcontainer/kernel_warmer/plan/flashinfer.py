@@ -30,7 +30,9 @@ from kernel_warmer.errors import FieldError
 from kernel_warmer.plan import tp as tp_split
 from kernel_warmer.plan.model import ModelArch
 from kernel_warmer.plan.tp import SplitFields
-from kernel_warmer.spec import EngineSection
+from kernel_warmer.gpu import GpuFacts
+from kernel_warmer.spec import EngineSection, WarmerSpec
+from kernel_warmer.versions import VllmFacts
 
 GEMM_OP = {"none": "bf16_gemm", "fp8": "fp8_gemm", "nvfp4": "fp4_gemm"}
 MOE_OP = "cutlass_fused_moe"
@@ -412,3 +414,46 @@ def plan_jit_calls(arch: ModelArch, tensor_parallel_size: int, quantization: str
         else:
             skipped.append(SkippedOp(FP8_BLOCK_OP, n, k, label, why))
     return calls, skipped
+
+
+# --- the whole FlashInfer plan for one GPU -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlashInferPlan:
+    """What the FlashInfer phase does on this GPU: the ops it tunes and the calls whose
+    kernels it compiles, with what it leaves out and why. ``key_doc`` is the part of the
+    cache key it decides: exactly the work, never the reasons or the settings that led to it."""
+
+    sm: int
+    max_num_batched_tokens: int
+    world: int  # ranks a tactic file must cover (tensor x data parallel)
+    ops: tuple[AutoTuneOp, ...] = ()
+    skipped: tuple[SkippedOp, ...] = ()
+    calls: tuple[JitCall, ...] = ()
+    call_skips: tuple[SkippedOp, ...] = ()
+
+    def key_doc(self) -> dict:
+        return {"sm": self.sm, "ops": [o.to_dict() for o in self.ops], "jitCalls": [c.to_dict() for c in self.calls],
+                "world": self.world if self.ops else None}
+
+
+def plan_flashinfer(arch: ModelArch, tensor_parallel_size: int, quantization: str, max_num_batched_tokens: int,
+                    sm: int, engine: Optional[EngineSection] = None) -> FlashInferPlan:
+    """``plan_ops`` and ``plan_jit_calls`` for one GPU, at the server's batch limit."""
+    engine = engine or EngineSection()
+    ops, skipped = plan_ops(arch, tensor_parallel_size, max_num_batched_tokens, quantization, sm, engine)
+    calls, call_skips = plan_jit_calls(arch, tensor_parallel_size, quantization, sm, engine)
+    return FlashInferPlan(sm, max_num_batched_tokens, tensor_parallel_size * engine.data_parallel_size, tuple(ops),
+                          tuple(skipped), tuple(calls), tuple(call_skips))
+
+
+def plan_for_gpu(spec: WarmerSpec, arch: ModelArch, gpu: Optional[GpuFacts],
+                 facts: VllmFacts) -> Optional[FlashInferPlan]:
+    """The FlashInfer work of ``spec`` on this GPU, at the server's batch limit (unset:
+    this vLLM release's default for the GPU). None: FlashInfer off, or no GPU known."""
+    if not spec.flashinfer.enabled or gpu is None:
+        return None
+    tokens = spec.flashinfer.max_num_batched_tokens or facts.default_max_num_batched_tokens(
+        gpu.memory_bytes, gpu.name, gpu.sm)
+    return plan_flashinfer(arch, spec.tensor_parallel_size, spec.flashinfer.quantization, tokens, gpu.sm, spec.engine)
