@@ -267,3 +267,14 @@ def test_experts_that_do_not_spread_name_the_flag():
         plan_ops(load_arch(odd), 4, 64, "auto", 90, EngineSection(moe_backend="flashinfer_cutlass",
                                                                   enable_expert_parallel=True))
     assert err.value.field == "engine.enableExpertParallel"
+
+
+def test_skipped_dense_layers_are_named_by_the_gemm_they_would_be():
+    """Unquantized dense layers on Hopper are skipped as bf16_gemm (they were "none_gemm")."""
+    from kernel_warmer.plan.model import load_arch
+
+    arch = load_arch({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+                      "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 2,
+                      "torch_dtype": "bfloat16"})
+    ops, skipped = plan_ops(arch, 1, 8192, "auto", 90)
+    assert not ops and {s.op for s in skipped} == {"bf16_gemm"}

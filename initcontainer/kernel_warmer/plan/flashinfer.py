@@ -177,7 +177,7 @@ def plan_every_op(
         gemm_reason = f"{gemm} needs SM{MIN_SM[gemm]}+, this GPU is SM{sm}"
     else:
         gemm_reason = None
-    gemm_name = gemm or f"{quant}_gemm"
+    gemm_name = gemm or f"{quant}_gemm"  # plan_every_op: bench-only
     m_gemm = gemm_tuning_m(max_num_batched_tokens)
 
     merged: dict[tuple[str, int, int], list[str]] = {}
@@ -321,7 +321,9 @@ def plan_ops(arch: ModelArch, tensor_parallel_size: int, max_num_batched_tokens:
     skipped: list[SkippedOp] = []
     op, why = _dense_op(quant, sm_, engine, arch.fp8_block_scaled)
     m_gemm = gemm_tuning_m(max_num_batched_tokens)
-    for (name, n, k), layers in _merged_linear_shapes(arch, tensor_parallel_size, op or f"{quant}_gemm").items():
+    # a skipped layer is named by the GEMM it would be (bf16_gemm for unquantized), never "none_gemm"
+    name_if_skipped = GEMM_OP.get(quant, f"{quant}_gemm")
+    for (name, n, k), layers in _merged_linear_shapes(arch, tensor_parallel_size, op or name_if_skipped).items():
         if op:
             planned.append(AutoTuneOp(name, n, k, m_gemm, "+".join(layers)))
         else:
