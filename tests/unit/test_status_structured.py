@@ -76,3 +76,12 @@ def test_replica_failure_is_reported():
     t = TargetState("Deployment", "llm", True, "h", message=msg, reason=reason)
     conds = {c["type"]: c for c in compute_status(StatusInputs(1, [t]), None, "t")["conditions"]}
     assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "FailedCreate"
+
+
+def test_the_vllm_release_and_a_warning_count_reach_the_status_never_the_words():
+    out = structured_summary({"status": "ok", "versions": {"vllm": "0.34.0+cu130"},
+                              "warnings": [f"vLLM 0.35.0 is not a release this warmer knows {SECRET}"] * 3})
+    assert out["vllmVersion"] == "0.34.0+cu130" and out["warnings"] == 3 and SECRET not in json.dumps(out)
+    for bad in (f"0.34 {SECRET}", "x" * 40, 34, None):
+        assert "vllmVersion" not in structured_summary({"status": "ok", "versions": {"vllm": bad}})
+    assert "warnings" not in structured_summary({"status": "ok", "warnings": []})

@@ -271,6 +271,7 @@ FAILURE_REASONS = (
 )
 MAX_COUNT = 10**6
 _HEX = re.compile(r"^[0-9a-f]{1,64}$")
+_VERSION = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,6})?([.+-][A-Za-z0-9.]{1,20})?$")
 
 
 def _count(v: Any) -> int:
@@ -303,6 +304,11 @@ def structured_summary(summary: dict) -> dict:
         out["flashinfer"] = state
     if status == "failed":
         out["failureReason"] = failure_reason(summary.get("error"))
+    vllm = (summary.get("versions") or {}).get("vllm") if isinstance(summary.get("versions"), dict) else None
+    if isinstance(vllm, str) and _VERSION.match(vllm):
+        out["vllmVersion"] = vllm
+    if isinstance(summary.get("warnings"), list) and summary["warnings"]:
+        out["warnings"] = _count(len(summary["warnings"]))
     return out
 
 
