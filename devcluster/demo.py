@@ -124,9 +124,7 @@ def run_warmer_locally(warmer: dict, work: Path, target: str, verb: str = "run")
     spec["model"] = {"configPath": str(LOCAL_CONFIG)}
     env["KERNEL_WARMER_SPEC"] = json.dumps(spec)
     env["PYTHONPATH"] = str(site / "python")
-    env[names.ENV_TRITON_CACHE] = str(CacheLayout(cache).triton_dir)
-    env[names.ENV_FLASHINFER_DIR] = str(CacheLayout(cache).flashinfer_root)
-    env[names.ENV_CACHE_ROOT] = str(cache)
+    env.update(CacheLayout.server_env_for(str(cache)))  # what a serving container's env would hold
     cmd = [sys.executable, *[verb if a == "run" else a for a in warmer["command"][1:]], "--compile-only",
            "--target", target, "--cache-dir", str(cache)]
     if verb == "run":

@@ -81,3 +81,35 @@ def _first_gpu(lib: ctypes.CDLL) -> Optional[GpuFacts]:
         return None
     return GpuFacts(name.value.decode(errors="replace"), major.value * 10 + minor.value, int(memory.total),
                     int(count.value))
+
+
+def memory_used(loader: Callable[[], Optional[ctypes.CDLL]] = _load) -> Optional[list[int]]:
+    """Bytes in use on each GPU of the container (None where NVML cannot be read): the
+    engine phase checks its server's memory is free before the real server starts."""
+    lib = loader()
+    if lib is None:
+        return None
+    try:
+        if lib.nvmlInit_v2() != 0:
+            return None
+    except (AttributeError, OSError):
+        return None
+    try:
+        count = ctypes.c_uint(0)
+        if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        used = []
+        for i in range(count.value):
+            handle, memory = ctypes.c_void_p(), _Memory()
+            if (lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) != 0
+                    or lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0):
+                return None
+            used.append(int(memory.used))
+        return used
+    except (AttributeError, OSError):
+        return None
+    finally:
+        try:
+            lib.nvmlShutdown()
+        except (AttributeError, OSError):
+            pass

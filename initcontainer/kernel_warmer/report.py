@@ -16,8 +16,12 @@ Status = Literal["ok", "failed", "skipped"]
 TERMINATION_LIMIT = 4096
 # Where a run's seconds went (summary "phases"; the operator's
 # kernel_warmup_warmup_phase_seconds): the cache check, vLLM's Triton variants,
-# FlashInfer's JIT module builds, FlashInfer's autotuning.
-PHASES = ("check", "triton_compile", "flashinfer_jit", "flashinfer_tune")
+# FlashInfer's JIT module builds, FlashInfer's autotuning, and the engine phase (the
+# serving image's vLLM started with dummy weights: its whole start to stop, and the phases
+# vLLM logs: model load, torch.compile, cache loads, CUDA-graph capture, engine init).
+SERVER_PHASES = ("model_load", "compile", "compile_cache_load", "cuda_graphs", "init_engine")
+PHASES = ("check", "triton_compile", "flashinfer_jit", "flashinfer_tune", "engine",
+          *(f"vllm_{p}" for p in SERVER_PHASES))
 # What the cache check found (summary "cache"): warm (nothing to do) or cold (warmed now).
 CACHE_STATES = ("warm", "cold")
 MAX_WARNINGS = 5  # in the termination message, each cut to 300 characters
@@ -38,6 +42,7 @@ class WarmupSummary:
     cache_key: str = ""
     triton: TritonCounts = field(default_factory=TritonCounts)
     flashinfer: dict[str, Any] = field(default_factory=dict)  # filled by the FlashInfer phase
+    server: dict[str, Any] = field(default_factory=dict)  # the engine phase (kernel_warmer/server/)
     error: Optional[str] = None
     phases: dict[str, float] = field(default_factory=dict)  # PHASES -> seconds, those that ran
     cache: str = ""  # one of CACHE_STATES once the cache was checked
@@ -57,7 +62,7 @@ class WarmupSummary:
         d["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
         if not d["cache"]:
             del d["cache"]
-        for k in ("versions", "warnings"):
+        for k in ("versions", "warnings", "server"):
             if not d[k]:
                 del d[k]
         return d
@@ -75,14 +80,15 @@ class WarmupSummary:
         text = _dumps(d)
         if len(text.encode()) <= limit:
             return text
-        fi = d.get("flashinfer") or {}
-        d["flashinfer"] = {k: v for k, v in fi.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        for part in ("flashinfer", "server"):
+            if part in d:
+                d[part] = {k: v for k, v in d[part].items() if isinstance(v, (str, int, float, bool)) or v is None}
         text = _dumps(d)
         if len(text.encode()) > limit:
-            d["flashinfer"] = {k: d["flashinfer"][k] for k in ("status", "error") if k in d["flashinfer"]}
-            for k in ("status", "error"):
-                if isinstance(d["flashinfer"].get(k), str):
-                    d["flashinfer"][k] = d["flashinfer"][k][:300]
+            for part in ("flashinfer", "server"):
+                if part in d:
+                    d[part] = {k: (v[:300] if isinstance(v, str) else v) for k, v in d[part].items()
+                               if k in ("status", "error", "reason", "seconds")}
             text = _dumps(d)
         if len(text.encode()) > limit and d.get("error"):
             room = max(0, len(d["error"].encode()) - (len(text.encode()) - limit) - 16)
@@ -105,6 +111,7 @@ class WarmupSummary:
             cache_key=str(d.get("cacheKey", "")),
             triton=TritonCounts(**{k: int(t.get(k, 0)) for k in ("compiled", "hit", "skipped", "failed")}),
             flashinfer=dict(d.get("flashinfer") or {}),
+            server=dict(d.get("server") or {}) if isinstance(d.get("server"), dict) else {},
             error=d.get("error"),
             phases=_phases(d.get("phases")),
             cache=d["cache"] if d.get("cache") in CACHE_STATES else "",

@@ -35,6 +35,7 @@ from kernel_warmer.plan.flashinfer import FlashInferPlan, plan_for_gpu
 from kernel_warmer.plan.model import ModelArch, load_arch
 from kernel_warmer.plan.triton import TritonPlan, plan_triton
 from kernel_warmer.report import TritonCounts, WarmupSummary
+from kernel_warmer.server import phase as server_phase
 from kernel_warmer.spec import WarmerSpec
 from kernel_warmer.triton import providers
 
@@ -56,6 +57,7 @@ class Resolved:
     # None: FlashInfer off, or the GPU unknown here (NVML absent; the phase plans with torch)
     flashinfer: Optional[FlashInferPlan] = None
     runtime: Optional[versions.Runtime] = None
+    server: Optional[server_phase.Decision] = None  # the engine phase: whether it runs, and why
 
     @property
     def layout(self) -> CacheLayout:
@@ -68,7 +70,8 @@ KEY_FORMAT = 3
 
 
 def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider: str,
-                 flashinfer: Optional[FlashInferPlan], flashinfer_installed: bool = True) -> dict:
+                 flashinfer: Optional[FlashInferPlan], flashinfer_installed: bool = True,
+                 server: Optional[dict] = None) -> dict:
     """The plan half of the manifest key: the work itself (what is compiled and tuned), so it
     changes exactly when the work does; the environment half is ``EnvKey`` (versions, GPU
     model, Triton's env). Where the GPU is unknown the FlashInfer work cannot be resolved
@@ -85,6 +88,8 @@ def key_document(spec: WarmerSpec, arch: ModelArch, triton: TritonPlan, provider
             "variants": [v.to_dict() for v in triton.variants] if spec.triton.enabled and provider != "none" else [],
         },
         "flashinfer": fi,
+        # the engine phase: the serving args but the load format, vLLM's version and VLLM_* env
+        "server": server,
     }
 
 
@@ -118,8 +123,10 @@ def resolve(spec: WarmerSpec) -> Resolved:
     has_fi = runtime.flashinfer is not None
     gpu = probe_gpu() if has_fi and not target and spec.flashinfer.enabled else None
     fi_plan = plan_for_gpu(spec, arch, gpu, runtime.vllm_facts.facts)
-    doc = key_document(spec, arch, triton, provider, fi_plan, has_fi)
-    return Resolved(spec, arch, triton, provider, target, env, manifest_key(doc, env.to_dict()), doc, fi_plan, runtime)
+    decision = server_phase.plan(spec)
+    doc = key_document(spec, arch, triton, provider, fi_plan, has_fi, server_phase.key_doc(decision))
+    return Resolved(spec, arch, triton, provider, target, env, manifest_key(doc, env.to_dict()), doc, fi_plan, runtime,
+                    decision)
 
 
 def version_warnings(r: Resolved) -> list[str]:
@@ -188,7 +195,7 @@ def run(spec: WarmerSpec, log: Log, sequential: bool = False) -> WarmupSummary:
                     if verdict.bad_files or verdict.damaged:
                         removed = repair(layout, r.key, verdict.bad_files)
                         log(f"repair: removed {len(removed)} damaged entr(y/ies) before rebuilding")
-                    _warm(r, summary, log, sequential)
+                    _warm(r, summary, log, sequential, start)
     except LockTimeout as exc:
         summary.status, summary.error = "failed", str(exc)
     except OSError as exc:
@@ -215,6 +222,8 @@ def _mark_warm(r: Resolved, summary: WarmupSummary, reason: str, log: Log) -> No
     log(f"warm: {reason}")
     summary.triton.hit = len(r.triton.variants) if r.spec.triton.enabled else 0
     summary.flashinfer = {"status": "warm (manifest verified)"} if r.spec.flashinfer.enabled else {}
+    if r.server is not None and r.server.run:
+        summary.server = {"status": "warm (manifest verified)"}
     summary.details["warm"] = True
 
 
@@ -248,8 +257,11 @@ def describe_os_error(exc: OSError, layout: Optional[CacheLayout]) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> None:
+def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool, started: float) -> None:
     spec, layout = r.spec, r.layout
+    # One door: the cache's folders come from the spec (the layout), for this process and
+    # everything it starts (compile workers, tuning workers, the engine phase's server).
+    os.environ.update(CacheLayout.server_env_for(str(layout.root)))
     files: list[FileEntry] = []
     if spec.triton.enabled and r.triton.variants and r.provider != "none":
         before = snapshot(layout.triton_dir)
@@ -290,11 +302,31 @@ def _warm(r: Resolved, summary: WarmupSummary, log: Log, sequential: bool) -> No
         fi_paths = [Path(f["path"]) if Path(f["path"]).is_absolute() else layout.root / f["path"]
                     for f in fi.get("files") or []]
         files += file_entries(layout, fi_paths)
+    files += _engine_phase(r, summary, log, started + spec.timeout_seconds)
     write_manifest(layout, r.key, r.key_doc, r.env.to_dict(), files,
                    {"triton": dict(summary.triton.__dict__), "provider": r.provider, "target": r.target})
     summary.details["manifestFiles"] = len(files)
     log(f"manifest: {r.key} ({len(files)} file(s))")
     fault_point("manifest-written")
+
+
+def _engine_phase(r: Resolved, summary: WarmupSummary, log: Log, deadline: float) -> list[FileEntry]:
+    """The engine phase after the planned work (its server then finds those kernels and
+    tactics); the files it wrote, for the manifest."""
+    decision = r.server
+    if decision is None or not decision.run:
+        why = decision.reason if decision is not None else "not planned"
+        summary.server = {"status": "skipped", "reason": why}
+        log(f"engine: skipped: {why}")
+        if r.spec.server.warmup == "always":
+            raise RuntimeError(f"engine phase: {why}")
+        return []
+    result = server_phase.run_engine(r.spec, r.layout, decision.serve, deadline, log)
+    summary.server = server_phase.summary_fields(result)
+    summary.phases["engine"] = float(result["seconds"])
+    for name, secs in (result.get("phases") or {}).items():
+        summary.phases[f"vllm_{name}"] = float(secs)
+    return file_entries(r.layout, result["files"])
 
 
 def write_termination_message(summary: WarmupSummary, path: str) -> bool:

@@ -33,6 +33,8 @@ MoeBackend = Literal[vllm_facts.MOE_BACKENDS]
 LinearBackend = Literal[vllm_facts.LINEAR_BACKENDS]
 Runner = Literal[vllm_facts.RUNNERS]
 MmEncoderTpMode = Literal["weights", "data"]
+# The engine phase (kernel_warmer/server/): the serving image's own vLLM with dummy weights
+EngineWarmup = Literal["auto", "always", "never"]
 
 
 class SpecError(FieldError):
@@ -131,6 +133,19 @@ class EngineSection:
 
 
 @dataclass(frozen=True)
+class ServerSection:
+    """The serving container's own start, for the engine phase: its command and args as
+    the Pod has them (``command`` empty: the image's ENTRYPOINT, ``vllm serve`` in
+    vllm/vllm-openai) and the PYTHONPATH the serving container gets. ``warmup``: auto runs
+    the phase where vLLM is importable and the Pod has GPUs; always fails where it cannot."""
+
+    warmup: EngineWarmup = "auto"
+    command: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    pythonpath: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class DistributedSection:
     """Cross-pod worlds; unset fields are read from the pod's environment."""
 
@@ -151,6 +166,7 @@ class WarmerSpec:
     flashinfer: FlashInferSection = field(default_factory=FlashInferSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
     engine: EngineSection = field(default_factory=EngineSection)
+    server: ServerSection = field(default_factory=ServerSection)
     failure_policy: FailurePolicy = "Fail"
     timeout_seconds: int = 1800
 

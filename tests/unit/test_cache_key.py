@@ -28,9 +28,10 @@ H100 = GpuFacts("NVIDIA H100 80GB HBM3", 90, 80 << 30, 2)
 # Triton half, the tuned ops and the JIT calls all have work that a field can change
 BASE = {"model": {"configPath": str(FIXTURES / "qwen3-30b-a3b.json")}, "tensorParallelSize": 2,
         "triton": {"provider": "builtin"},
-        "engine": {"attentionBackend": "TRITON_ATTN", "kvCacheDtype": "nvfp4", "moeBackend": "flashinfer_cutlass"}}
+        "engine": {"attentionBackend": "TRITON_ATTN", "kvCacheDtype": "nvfp4", "moeBackend": "flashinfer_cutlass"},
+        "server": {"args": ["Qwen/Qwen3-30B-A3B", "-tp", "2", "--moe-backend", "flashinfer_cutlass"]}}
 # Another valid value for a field whose type alone does not give one
-OTHER = {"model.configPath": str(FIXTURES / "mixtral-8x7b.json"), "cacheDir": "/elsewhere",
+OTHER = {"server.pythonpath": "/kernel-warmup/site", "server.warmup": "never", "model.configPath": str(FIXTURES / "mixtral-8x7b.json"), "cacheDir": "/elsewhere",
          "triton.compileOnlyTarget": "sm_100", "distributed.masterAddr": "10.0.0.9",
          "engine.quantization": "fp8", "tensorParallelSize": 4, "flashinfer.maxNumBatchedTokens": 64,
          "triton.provider": "auto"}  # auto: vLLM is not importable here, so nothing of vLLM's to compile
@@ -108,7 +109,10 @@ def observe(monkeypatch, tmp_path, h100):
     """spec -> (key, the work the executors were handed)."""
     import kernel_warmer.flashinfer.phase as phase
     import kernel_warmer.triton.compile as compile_mod
+    from kernel_warmer.server import phase as server_phase
 
+    monkeypatch.setattr(server_phase, "image_has_vllm", lambda: True)
+    monkeypatch.setattr(server_phase, "pod_has_gpu", lambda: True)
     seen: dict[str, Any] = {}
 
     def compile_variants(variants, cache_dir, provider, target=None, **_):
@@ -120,6 +124,11 @@ def observe(monkeypatch, tmp_path, h100):
             [o.to_dict() for o in planned.ops], [c.to_dict() for c in planned.calls], planned.world)
         return {"status": "ok", "files": []}
 
+    def run_engine(spec, layout, serve, deadline, log):
+        seen["server"] = serve.key_tokens()
+        return {"status": "ok", "seconds": 1.0, "files": []}
+
+    monkeypatch.setattr(server_phase, "run_engine", run_engine)
     monkeypatch.setattr(compile_mod, "compile_variants", compile_variants)
     monkeypatch.setattr(phase, "run_phase", run_phase)
     count = iter(range(10 ** 6))
@@ -129,7 +138,7 @@ def observe(monkeypatch, tmp_path, h100):
         doc = {**doc, "cacheDir": str(tmp_path / f"c{next(count)}") + doc.get("cacheDir", "")}
         summary = runner.run(WarmerSpec.from_dict(doc), log=lambda s: None)
         assert summary.status == "ok", summary.error
-        return summary.cache_key, (seen.get("triton"), seen.get("flashinfer"))
+        return summary.cache_key, (seen.get("triton"), seen.get("flashinfer"), seen.get("server"))
 
     return go
 
@@ -151,9 +160,10 @@ def test_the_key_changes_exactly_when_the_work_does(observe):
         (changed if work != base_work else unchanged).append(path)
     # the test is not vacuous: fields on both sides, the ones issue 23 named among them
     assert {"engine.moeBackend", "engine.kvCacheDtype", "tensorParallelSize", "model.configPath",
-            "flashinfer.maxNumBatchedTokens", "flashinfer.enabled", "triton.enabled"} <= set(changed), changed
+            "flashinfer.maxNumBatchedTokens", "flashinfer.enabled", "triton.enabled", "server.warmup"} <= set(changed), \
+        changed
     assert {"timeoutSeconds", "failurePolicy", "triton.workers", "flashinfer.tuning", "cacheDir",
-            "distributed.timeoutSeconds"} <= set(unchanged), unchanged
+            "distributed.timeoutSeconds", "server.pythonpath"} <= set(unchanged), unchanged
 
 
 def test_adding_the_moe_backend_flag_changes_the_key(h100):
@@ -172,3 +182,15 @@ def test_without_nvml_the_inputs_stand_in_for_the_flashinfer_work(monkeypatch):
     monkeypatch.setattr(runner.versions, "read_runtime", lambda: rt)
     r = runner.resolve(WarmerSpec.from_dict(BASE))
     assert r.flashinfer is None and r.key_doc["flashinfer"]["unresolved"]["engine"]["moe_backend"] == "flashinfer_cutlass"
+
+
+@pytest.mark.parametrize("extra,same", [
+    (["--load-format", "safetensors"], True), (["--load_format=dummy"], True),  # vLLM's key skips the load format
+    (["--max-model-len", "4096"], False), (["--enforce-eager"], False),  # these change what vLLM compiles
+])
+def test_the_serving_args_key_the_engine_phase_but_the_load_format(observe, extra, same):
+    base_key, _ = observe(BASE)
+    doc = copy.deepcopy(BASE)
+    doc["server"]["args"] = [*doc["server"]["args"], *extra]
+    key, work = observe(doc)
+    assert (key == base_key) is same, (extra, work)

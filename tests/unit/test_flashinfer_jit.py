@@ -188,4 +188,5 @@ def test_prepare_jit_sizes_the_build_and_builds_the_moe_module(tmp_path, monkeyp
 def test_manifest_roots_are_the_layouts_folders():
     from kernel_warmer.cache.untrusted import ENTRY_ROOTS
 
-    assert set(ENTRY_ROOTS) == {CacheLayout.TRITON, CacheLayout.FLASHINFER, CacheLayout.FLASHINFER_JIT}
+    assert set(ENTRY_ROOTS) == {CacheLayout.TRITON, CacheLayout.FLASHINFER, CacheLayout.FLASHINFER_JIT,
+                                *CacheLayout.SERVER_DIRS}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -88,13 +89,22 @@ def test_injection_table(case_id, tmpl, over, want_env):
     for k, v in want_env.items():
         assert env.get(k) == v, (k, env)
     mount = s.cache.mount_path
-    assert env[names.ENV_TRITON_CACHE] == f"{mount}/triton"
-    assert env[names.ENV_FLASHINFER_DIR] == f"{mount}/flashinfer"
-    # FlashInfer's JIT workspace: the same folder on the volume for the server and the warmer
-    warmer_env = env_of(by_name(out["spec"]["initContainers"], names.WARMER_CONTAINER))
-    assert env[names.ENV_FLASHINFER_JIT] == warmer_env[names.ENV_FLASHINFER_JIT] == f"{mount}/flashinfer-jit"
-    # and FlashInfer's DeepGEMM kernels (FP8 block-scale GEMM), also compiled on first use
-    assert env[names.ENV_DEEPGEMM_CACHE] == warmer_env[names.ENV_DEEPGEMM_CACHE] == f"{mount}/flashinfer-jit/deepgemm"
+    # every cache the server writes is on the volume (Triton, FlashInfer's tactics, JIT and
+    # DeepGEMM kernels, vLLM's cache root, Inductor, CUDA's PTX cache)
+    assert {k: env[k] for k in names.SERVING_ENV} == {
+        "TRITON_CACHE_DIR": f"{mount}/triton", "KERNEL_WARMUP_FLASHINFER_DIR": f"{mount}/flashinfer",
+        "FLASHINFER_WORKSPACE_BASE": f"{mount}/flashinfer-jit", "TRTLLM_DG_CACHE_DIR": f"{mount}/flashinfer-jit/deepgemm",
+        "VLLM_CACHE_ROOT": f"{mount}/vllm", "TORCHINDUCTOR_CACHE_DIR": f"{mount}/inductor", "CUDA_CACHE_PATH": f"{mount}/cuda"}
+    # the warmer learns the cache from its spec alone (one door); the spec carries the
+    # serving container's own start for the engine phase, never the CR author's
+    warmer = by_name(out["spec"]["initContainers"], names.WARMER_CONTAINER)
+    warmer_env = env_of(warmer)
+    assert not set(names.SERVING_ENV) & set(warmer_env)
+    wspec = json.loads(warmer_env[SPEC_ENV])
+    assert wspec["cacheDir"] == mount
+    assert wspec["server"] == {"warmup": s.engine_warmup, "command": serving.get("command") or [],
+                               "args": serving.get("args") or [], **({"pythonpath": env["PYTHONPATH"]}
+                                                                      if "PYTHONPATH" in env else {})}
     # Init containers: the user's first (kept as they were), ours last, in order.
     inits = out["spec"]["initContainers"]
     assert [c["name"] for c in inits][-2:] == list(names.INIT_CONTAINERS)
@@ -105,7 +115,7 @@ def test_injection_table(case_id, tmpl, over, want_env):
     assert warmer["command"] == ["python3", "-m", "kernel_warmer", "run", "--spec-env", SPEC_ENV]
     assert "args" not in warmer
     wenv = env_of(warmer)
-    assert WarmerSpec.from_json(wenv[SPEC_ENV]) == s.warmer
+    assert dataclasses.replace(WarmerSpec.from_json(wenv[SPEC_ENV]), server=s.warmer.server) == s.warmer
     assert wenv["PYTHONPATH"].split(":")[0] == names.PKG_PYTHON_DIR
     assert warmer["image"] == (serving["image"])
     # Same GPUs, same cache path in warmer and server.
@@ -152,7 +162,9 @@ def test_hash_changes_with_spec_and_with_serving_image_only_when_relevant():
     assert build_injection(spec(), t, cr_name="other").hash != h1
     t2 = copy.deepcopy(t)
     t2["spec"]["containers"][0]["args"] = ["--model", "/models/other"]
-    assert build_injection(spec(), t2, cr_name="kw").hash == h1  # args don't reach the warmer
+    # the args reach the warmer now: its engine phase starts the serving command as it is
+    assert build_injection(spec(), t2, cr_name="kw").hash != h1
+    assert build_injection(spec(engineWarmup="never"), t, cr_name="kw").hash != h1
 
 
 def test_warmer_resources_override_keeps_gpus():

@@ -28,10 +28,12 @@ def serving(**over):
     ({}, serving(volumeMounts=[{"name": "m", "mountPath": "/cache/"}]), "/cache", "spec.cache.mountPath"),
     ({}, serving(volumeMounts=[{"name": "m", "mountPath": "/kernel-warmup/x"}]), "/cache",
      "containers[vllm].volumeMounts"),
-    ({}, serving(env=[{"name": names.ENV_TRITON_CACHE, "value": "/t"}]), "/cache",
-     f"containers[vllm].env[{names.ENV_TRITON_CACHE}]"),
+    ({}, serving(env=[{"name": "TRITON_CACHE_DIR", "value": "/t"}]), "/cache",
+     "containers[vllm].env[TRITON_CACHE_DIR]"),
+    ({}, serving(env=[{"name": "VLLM_CACHE_ROOT", "value": "/v"}]), "/cache", "containers[vllm].env[VLLM_CACHE_ROOT]"),
     ({"spec": {"volumes": [{"name": "models"}], "initContainers": [{"name": "dl"}]}}, serving(), "/cache", None),
-], ids=["clean", "volume", "init-container", "cache-mount", "pkg-mount", "serving-env", "user-objects"])
+], ids=["clean", "volume", "init-container", "cache-mount", "pkg-mount", "serving-env", "vllm-cache-env",
+        "user-objects"])
 def test_check_reserved(template, container, mount, field):
     if field is None:
         inject.check_reserved(template, container, mount)
@@ -43,11 +45,13 @@ def test_check_reserved(template, container, mount, field):
 
 def test_cache_env():
     assert inject.cache_env("/c") == [
-        {"name": names.ENV_TRITON_CACHE, "value": "/c/triton"},
-        {"name": names.ENV_FLASHINFER_DIR, "value": "/c/flashinfer"},
-        {"name": names.ENV_CACHE_ROOT, "value": "/c"},
-        {"name": names.ENV_FLASHINFER_JIT, "value": "/c/flashinfer-jit"},
-        {"name": names.ENV_DEEPGEMM_CACHE, "value": "/c/flashinfer-jit/deepgemm"},
+        {"name": "TRITON_CACHE_DIR", "value": "/c/triton"},
+        {"name": "KERNEL_WARMUP_FLASHINFER_DIR", "value": "/c/flashinfer"},
+        {"name": "FLASHINFER_WORKSPACE_BASE", "value": "/c/flashinfer-jit"},
+        {"name": "TRTLLM_DG_CACHE_DIR", "value": "/c/flashinfer-jit/deepgemm"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/c/vllm"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/c/inductor"},
+        {"name": "CUDA_CACHE_PATH", "value": "/c/cuda"},
     ]
 
 
@@ -80,10 +84,9 @@ def test_serving_env(env, site, want_pp, warns):
     ([PP_FROM, {"name": SPEC_ENV, "value": "user's"}], PKG, []),
 ])
 def test_warmer_env(env, want_pp, kept):
-    out = inject.warmer_env(serving(env=env) if env else serving(), inject.cache_env("/c"), '{"s": 1}')
+    out = inject.warmer_env(serving(env=env) if env else serving(), '{"s": 1}')
     names_ = [e["name"] for e in out]
-    assert names_ == [*kept, names.ENV_TRITON_CACHE, names.ENV_FLASHINFER_DIR, names.ENV_CACHE_ROOT,
-                      names.ENV_FLASHINFER_JIT, names.ENV_DEEPGEMM_CACHE, "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", SPEC_ENV]
+    assert names_ == [*kept, "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", SPEC_ENV]
     values = {e["name"]: e.get("value") for e in out}
     assert values["PYTHONPATH"] == want_pp and values[SPEC_ENV] == '{"s": 1}'
 

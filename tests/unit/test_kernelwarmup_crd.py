@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kernel_warmer.spec import WarmerSpec, camel
-from warmup_operator.core.kernelwarmup import OPERATOR_KEYS, WARMER_KEYS, parse_spec
+from warmup_operator.core.kernelwarmup import OPERATOR_DERIVED, OPERATOR_KEYS, WARMER_KEYS, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts/kernel-warmup/crds/kernelwarmups.kernelwarmup.dev.yaml"
@@ -43,8 +43,8 @@ def walk(dc, schema: dict, path: str, missing: list, defaults: list) -> None:
     props = schema.get("properties") or {}
     for f in dataclasses.fields(dc):
         key = camel(f.name)
-        if dc is WarmerSpec and key == "cacheDir":
-            continue  # rendered from spec.cache.mountPath
+        if dc is WarmerSpec and f.name in OPERATOR_DERIVED:
+            continue  # rendered by the operator (cacheDir from spec.cache.mountPath, server from the Pod)
         if key not in props:
             missing.append(f"{path}.{key}")
             continue

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 # The only top-level folders a manifest may name files in (CacheLayout.TRITON, FLASHINFER,
-# FLASHINFER_JIT). A JIT module is 8 deep: flashinfer-jit/.cache/flashinfer/<version>/
-# <arch>/cached_ops/<module>/<module>.so, which MAX_DEPTH admits.
-ENTRY_ROOTS = ("triton", "flashinfer", "flashinfer-jit")
+# and the folders the engine phase's server writes, SERVER_DIRS). A JIT module is 8 deep:
+# flashinfer-jit/.cache/flashinfer/<version>/<arch>/cached_ops/<module>/<module>.so; vLLM's
+# AOT compile cache goes deeper (vllm/torch_compile_cache/torch_aot_compile/<hash>/
+# inductor_cache/<2 levels>/<file>); MAX_DEPTH admits both, the engine phase walks 16.
+ENTRY_ROOTS = ("triton", "flashinfer", "flashinfer-jit", "vllm", "inductor", "cuda")
 MAX_REL_PATH = 1024
-MAX_DEPTH = 8
+MAX_DEPTH = 18
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 

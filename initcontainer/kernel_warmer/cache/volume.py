@@ -7,6 +7,10 @@ Layout (DESIGN.md):
                                       (.cache/flashinfer/<version>/<arch>/cached_ops/<module>/)
     <root>/flashinfer-jit/deepgemm/   TRTLLM_DG_CACHE_DIR: the DeepGEMM kernels FlashInfer's
                                       FP8 block-scale GEMM compiles with nvcc (cache/<kernel>/)
+    <root>/vllm/                      VLLM_CACHE_ROOT: vLLM's torch.compile (AOT) cache, its
+                                      DeepGEMM JIT (deep_gemm/) and FlashInfer tuning files
+    <root>/inductor/                  TORCHINDUCTOR_CACHE_DIR (vLLM sets its own on the AOT path)
+    <root>/cuda/                      CUDA_CACHE_PATH: the driver's PTX JIT cache
     <root>/manifests/<key>.json       written last; what was warmed, with checksums
     <root>/.lock                      flock held while a warmer writes
 
@@ -36,10 +40,32 @@ class CacheLayout:
     MANIFESTS = "manifests"
     FLASHINFER_JIT = "flashinfer-jit"
     DEEPGEMM = "flashinfer-jit/deepgemm"
+    VLLM = "vllm"
+    INDUCTOR = "inductor"
+    CUDA = "cuda"
+    # Where a serving process keeps each cache: the variable -> the sub-path. One table for
+    # the operator (env on the serving and warmer containers) and the warmer's engine phase.
+    FLASHINFER_DIR_ENV = "KERNEL_WARMUP_FLASHINFER_DIR"  # the serving sitecustomize's tactics folder
+    SERVER_ENV = (
+        ("TRITON_CACHE_DIR", TRITON),
+        (FLASHINFER_DIR_ENV, FLASHINFER),
+        ("FLASHINFER_WORKSPACE_BASE", FLASHINFER_JIT),
+        ("TRTLLM_DG_CACHE_DIR", DEEPGEMM),
+        ("VLLM_CACHE_ROOT", VLLM),
+        ("TORCHINDUCTOR_CACHE_DIR", INDUCTOR),
+        ("CUDA_CACHE_PATH", CUDA),
+    )
+    # Folders the engine phase's server writes into (what its manifest lists)
+    SERVER_DIRS = (TRITON, FLASHINFER_JIT, VLLM, INDUCTOR, CUDA)
 
     @staticmethod
     def sub_path(mount: str, sub: str) -> str:
         return f"{mount}/{sub}"
+
+    @classmethod
+    def server_env_for(cls, mount: str) -> dict[str, str]:
+        """The serving process's cache variables for a volume mounted at ``mount``."""
+        return {name: cls.sub_path(mount, sub) for name, sub in cls.SERVER_ENV}
 
     @property
     def triton_dir(self) -> Path:

@@ -17,13 +17,14 @@ sitecustomize is then skipped with a warning."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kernel_warmer.cache.volume import CacheLayout
-from kernel_warmer.spec import SPEC_ENV
+from kernel_warmer.spec import SPEC_ENV, ServerSection, WarmerSpec
 from warmup_operator.core import names
 from warmup_operator.core.containers import (
     BOOTSTRAP_SECURITY_CONTEXT,
@@ -65,9 +66,9 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
     mount = spec.cache.mount_path
     check_reserved(user_template, serving, mount)
     engine = serving_engine(spec, serving)
-    cache = cache_env(mount)
-    env, warnings = serving_env(serving, cache, spec.sitecustomize)
-    warmer = warmer_container(spec, serving, warmer_env(serving, cache, engine.warmer.to_json()))
+    env, warnings = serving_env(serving, cache_env(mount), spec.sitecustomize)
+    warmer_spec = with_server(engine.warmer, spec.engine_warmup, serving, env)
+    warmer = warmer_container(spec, serving, warmer_env(serving, warmer_spec.to_json()))
     body = {"spec": {
         "initContainers": [bootstrap_container(default_bootstrap_image), warmer],
         "volumes": pod_volumes(spec.cache.source),
@@ -109,14 +110,19 @@ def check_mounts(serving: dict, mount: str) -> None:
 
 
 def cache_env(mount: str) -> list[dict]:
-    """Where the server and the warmer find the cache (sub-paths from ``CacheLayout``)."""
-    return [
-        {"name": names.ENV_TRITON_CACHE, "value": CacheLayout.sub_path(mount, CacheLayout.TRITON)},
-        {"name": names.ENV_FLASHINFER_DIR, "value": CacheLayout.sub_path(mount, CacheLayout.FLASHINFER)},
-        {"name": names.ENV_CACHE_ROOT, "value": mount},
-        {"name": names.ENV_FLASHINFER_JIT, "value": CacheLayout.sub_path(mount, CacheLayout.FLASHINFER_JIT)},
-        {"name": names.ENV_DEEPGEMM_CACHE, "value": CacheLayout.sub_path(mount, CacheLayout.DEEPGEMM)},
-    ]
+    """Where the serving process keeps each cache on the volume (``CacheLayout.SERVER_ENV``:
+    Triton, FlashInfer's JIT and tactics, DeepGEMM, vLLM's own cache root, Inductor, CUDA's
+    PTX cache). The warmer is not given them: it learns the cache from its spec."""
+    return [{"name": k, "value": v} for k, v in CacheLayout.server_env_for(mount).items()]
+
+
+def with_server(warmer: WarmerSpec, warmup: str, serving: dict, env: list[dict]) -> WarmerSpec:
+    """The warmer spec with the serving container's own start (command, args as the Pod has
+    them, the PYTHONPATH it gets) for the engine phase: copied, never the CR author's."""
+    pythonpath = next((e["value"] for e in env if e["name"] == names.ENV_PYTHONPATH), literal_pythonpath(serving))
+    server = ServerSection(warmup=warmup, command=list(serving.get("command") or []),
+                           args=list(serving.get("args") or []), pythonpath=pythonpath)
+    return dataclasses.replace(warmer, server=server)
 
 
 def literal_pythonpath(container: dict) -> Optional[str]:
@@ -139,14 +145,14 @@ def serving_env(serving: dict, cache: list[dict], sitecustomize: bool) -> tuple[
     return [*cache, {"name": names.ENV_PYTHONPATH, "value": value}], []
 
 
-def warmer_env(serving: dict, cache: list[dict], spec_json: str) -> list[dict]:
-    """The warmer sees what the server sees (TRITON_* vars are in Triton's cache key),
-    plus the cache, the warmer package on PYTHONPATH and its spec."""
+def warmer_env(serving: dict, spec_json: str) -> list[dict]:
+    """The warmer sees what the server sees (TRITON_* vars are in Triton's cache key), plus
+    the warmer package on PYTHONPATH and its spec (the cache's folders come from the spec)."""
     literal = literal_pythonpath(serving)
     pythonpath = f"{names.PKG_PYTHON_DIR}:{literal}" if literal else names.PKG_PYTHON_DIR
     own = (names.ENV_PYTHONPATH, SPEC_ENV, *names.SERVING_ENV)
     env = [e for e in (serving.get("env") or []) if e.get("name") not in own]
-    return dedupe_by_name([*env, *cache,
+    return dedupe_by_name([*env,
                            {"name": names.ENV_PYTHONPATH, "value": pythonpath},
                            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
                            {"name": SPEC_ENV, "value": spec_json}])

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from kernel_warmer.errors import FieldError
-from kernel_warmer.spec import SpecError, WarmerSpec, camel
+from kernel_warmer.spec import EngineWarmup, SpecError, WarmerSpec, camel
 from warmup_operator.core import names
 from warmup_operator.core.kinds import KINDS as WORKLOAD_KINDS
 
 KINDS = tuple(WORKLOAD_KINDS)  # kind names, in the one list's order
-# Spec keys that belong to the warmer's contract (everything but cacheDir, which the
-# operator derives from cache.mountPath).
-WARMER_KEYS = tuple(camel(f.name) for f in dataclasses.fields(WarmerSpec) if f.name != "cache_dir")
-OPERATOR_KEYS = ("targets", "servingContainer", "cache", "warmer", "sitecustomize", "prewarm")
+# Spec keys that belong to the warmer's contract: everything but cacheDir (the operator
+# derives it from cache.mountPath) and server (the serving container's own command, args
+# and PYTHONPATH, which the operator copies: a KernelWarmup author never chooses what the
+# engine phase runs; spec.engineWarmup only says whether it runs).
+OPERATOR_DERIVED = ("cache_dir", "server")
+WARMER_KEYS = tuple(camel(f.name) for f in dataclasses.fields(WarmerSpec) if f.name not in OPERATOR_DERIVED)
+OPERATOR_KEYS = ("targets", "servingContainer", "cache", "warmer", "sitecustomize", "prewarm", "engineWarmup")
+ENGINE_WARMUP = typing.get_args(EngineWarmup)
 
 
 class SpecInvalid(FieldError):
@@ -87,6 +92,8 @@ class KernelWarmupSpec:
     # serving command may fill in (core/serving.py) where the CR leaves a field unset
     warmer_fields: Mapping[str, Any] = field(default_factory=dict)
     prewarm: PrewarmSpec = PrewarmSpec()
+    # spec.engineWarmup: whether the warmer starts the serving command itself (kernel_warmer/server/)
+    engine_warmup: str = "auto"
 
 
 def _obj(data: Any, where: str) -> dict:
@@ -248,4 +255,7 @@ def parse_spec(spec: Any) -> KernelWarmupSpec:
     warmer = render_warmer(spec, cache.mount_path)
     fields = {**{k: spec[k] for k in WARMER_KEYS if k in spec}, "cacheDir": cache.mount_path}
     prewarm = parse_prewarm(spec.get("prewarm"), cache)
-    return KernelWarmupSpec(targets, cache, container, warmer, serving, site, fields, prewarm)
+    engine_warmup = spec.get("engineWarmup", "auto")
+    if engine_warmup not in ENGINE_WARMUP:
+        raise SpecInvalid("spec.engineWarmup", f"must be one of {', '.join(ENGINE_WARMUP)}, got {engine_warmup!r:.80}")
+    return KernelWarmupSpec(targets, cache, container, warmer, serving, site, fields, prewarm, engine_warmup)

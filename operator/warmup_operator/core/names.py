@@ -6,6 +6,8 @@ it recognises (and removes) exactly its own entries and nothing of the user's.
 
 from __future__ import annotations
 
+from kernel_warmer.cache.volume import CacheLayout
+
 GROUP = "kernelwarmup.dev"
 VERSION = "v1alpha1"
 PLURAL = "kernelwarmups"
@@ -30,18 +32,11 @@ PKG_MOUNT = "/kernel-warmup"
 PKG_PYTHON_DIR = f"{PKG_MOUNT}/python"  # holds kernel_warmer/ (the warmer's PYTHONPATH)
 PKG_SITE_DIR = f"{PKG_MOUNT}/site"  # holds sitecustomize.py (the server's PYTHONPATH)
 
-ENV_TRITON_CACHE = "TRITON_CACHE_DIR"
-ENV_FLASHINFER_DIR = "KERNEL_WARMUP_FLASHINFER_DIR"
-ENV_CACHE_ROOT = "KERNEL_WARMUP_CACHE_DIR"
-# FlashInfer's JIT workspace (its builds go under .cache/flashinfer/ there): one folder on
-# the cache volume for the warmer and the server, so the server loads what the warmer built.
-ENV_FLASHINFER_JIT = "FLASHINFER_WORKSPACE_BASE"
-# Where FlashInfer's FP8 block-scale GEMM keeps the DeepGEMM kernels it compiles with nvcc
-# on first use (default $HOME/.tensorrt_llm, lost with the container): on the volume too.
-ENV_DEEPGEMM_CACHE = "TRTLLM_DG_CACHE_DIR"
 ENV_PYTHONPATH = "PYTHONPATH"
-# Env the operator sets on the serving container; a user value for these would be lost.
-SERVING_ENV = (ENV_TRITON_CACHE, ENV_FLASHINFER_DIR, ENV_CACHE_ROOT, ENV_FLASHINFER_JIT, ENV_DEEPGEMM_CACHE)
+# Env the operator sets on the serving container (CacheLayout.SERVER_ENV, the one table of
+# the cache's folders); a user value for these would be lost, so a workload setting one is refused.
+SERVING_ENV = tuple(name for name, _ in CacheLayout.SERVER_ENV)
+ENV_FLASHINFER_DIR = CacheLayout.FLASHINFER_DIR_ENV  # the sitecustomize reads it
 
 DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"
 
