@@ -24,7 +24,7 @@ from kernel_warmer.plan.model import ConfigError
 from kernel_warmer.pod import in_pod, termination_path
 import typing
 
-from kernel_warmer.spec import SPEC_ENV, Dtype, FailurePolicy, ModelSource, Provider, Quantization, SpecError, Tuning, WarmerSpec, _load
+from kernel_warmer.spec import SPEC_ENV, Dtype, EngineWarmup, FailurePolicy, ModelSource, Provider, Quantization, SpecError, Tuning, WarmerSpec, _load
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -53,6 +53,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "TRITON_ATTN\": what it sets is planned for (the flags below override it)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=None, metavar="N")
     p.add_argument("--dtype", choices=choices(Dtype), default=None)
+    p.add_argument("--engine-warmup", choices=choices(EngineWarmup), default=None,
+                   help="start the serve command itself with dummy weights (auto: where vLLM's server is in the "
+                        "image and a GPU is visible)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -193,6 +196,7 @@ def with_serve_command(spec: WarmerSpec, command: Optional[str]) -> WarmerSpec:
     merged, _ = merge_into_spec({"model": spec.to_dict()["model"]}, serve)
     for note in serve.notes[1:]:
         _log(f"serve command: {note}")
+    merged["server"] = {"command": shlex.split(command)}  # what the engine phase starts
     return WarmerSpec.from_dict(merged)
 
 
@@ -202,6 +206,8 @@ def apply_overrides(spec: WarmerSpec, args: argparse.Namespace) -> WarmerSpec:
     fi: dict[str, Any] = {}
     if args.tensor_parallel_size is not None:
         top["tensor_parallel_size"] = args.tensor_parallel_size
+    if getattr(args, "engine_warmup", None):
+        top["server"] = dataclasses.replace(spec.server, warmup=args.engine_warmup)
     if args.dtype is not None:
         top["dtype"] = args.dtype
     if getattr(args, "cache_dir", None):

@@ -94,7 +94,7 @@ UNREACHED = [("llama3-8b", "vllm serve meta-llama/Llama-3.1-8B -tp 2"),
 
 
 # (case, vLLM release): every case on 0.33.0, these also on 0.26.0 and 0.34.0
-OTHER_RELEASES = ("bge-m3-tp1", "qwen25vl-vit-tp2", "gemma2-fork-tp2")
+OTHER_RELEASES = ("bge-m3-tp1", "gemma2-fork-tp2")
 RUNS = [pytest.param(c, v, id=f"{c.name}-{v}") for v in vllm_kernel.VERSIONS for c in CASES
         if v == vllm_kernel.VLLM_VERSION or c.name in OTHER_RELEASES]
 
@@ -153,7 +153,9 @@ def test_server_calls_compile_nothing_after_warmup(case, release, mode, tmp_path
         summary = warm(case, cache, vllm_path, "--compile-only", "--target", "sm_90", gpu=False)
     assert summary["triton"]["failed"] == 0, summary
     assert summary["triton"]["compiled"] >= 1, summary
-    assert summary["versions"]["vllm"] == release and not summary.get("warnings"), summary
+    # the release's own row, its released kernel file (the FlashInfer of this machine need not be its pin)
+    assert summary["versions"]["vllm"] == release, summary
+    assert not [w for w in summary.get("warnings") or [] if "pins flashinfer" not in w], summary
     results = server_calls(case, cache, vllm_path, f"{case.name}-{release}-{mode}")
     for r in results:
         assert r["compiled"] == 0, f"the server compiled after warmup: {r}"

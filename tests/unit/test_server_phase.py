@@ -45,11 +45,11 @@ def pod(monkeypatch):
 @pytest.mark.parametrize("mode,vllm,gpu,args,target,run,why", [
     ("auto", True, True, SERVE_ARGS, None, True, "spec.engineWarmup is auto"),
     ("never", True, True, SERVE_ARGS, None, False, "spec.engineWarmup is never"),
-    ("auto", False, True, SERVE_ARGS, None, False, "vLLM is not importable in this image"),
+    ("auto", False, True, SERVE_ARGS, None, False, "vLLM's server (vllm.entrypoints.cli.main) is not importable"),
     ("auto", True, False, SERVE_ARGS, None, False, "no GPU is visible"),
     ("auto", True, True, [], None, False, "no serving command"),
     ("auto", True, True, SERVE_ARGS, "sm_90", False, "compile-only"),
-    ("always", False, True, SERVE_ARGS, None, False, "spec.engineWarmup is always, but vLLM is not importable"),
+    ("always", False, True, SERVE_ARGS, None, False, "spec.engineWarmup is always, but vLLM's server"),
 ])
 def test_when_the_engine_phase_runs(tmp_path, mode, vllm, gpu, args, target, run, why):
     doc = json.loads(spec(tmp_path, warmup=mode, args=args).to_json())
@@ -189,3 +189,24 @@ def test_a_failed_engine_phase_fails_the_warmup_and_records_nothing(tmp_path, po
     assert out.status == status and "vLLM" in out.error
     assert not list(CacheLayout(Path(s.cache_dir)).manifests_dir.glob("*.json"))
     assert not runner.check(s)[0]
+
+
+def test_the_files_of_hidden_folders_count_but_temp_files_and_logs_do_not(tmp_path):
+    layout = CacheLayout(tmp_path)
+    for rel in ("flashinfer-jit/.cache/flashinfer/0.6.14/90a/cached_ops/sampling/sampling.so",
+                "flashinfer-jit/.cache/flashinfer/flashinfer_jit.log", "vllm/.x.tmp-123", "vllm/a.lock",
+                "triton/abc/k.cubin", "elsewhere/x"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert sorted(phase.cache_files(layout)) == [
+        "flashinfer-jit/.cache/flashinfer/0.6.14/90a/cached_ops/sampling/sampling.so", "triton/abc/k.cubin"]
+
+
+def test_a_kernel_only_vllm_tree_has_no_server(monkeypatch, tmp_path):
+    """The GPU tests' vLLM (its prefill kernel alone, tests/support/vllm_kernel.py) is no server."""
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not phase.image_has_vllm()
+    monkeypatch.syspath_prepend(str(FAKE))
+    assert phase.image_has_vllm()

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from kernel_warmer import gpu, versions
@@ -59,7 +60,7 @@ def decide(spec: WarmerSpec, vllm_importable: bool, has_gpu: bool) -> Decision:
         except command.ServeCommandError as exc:
             why_not = str(exc)
     if why_not is None and not vllm_importable:
-        why_not = "vLLM is not importable in this image"
+        why_not = "vLLM's server (vllm.entrypoints.cli.main) is not importable in this image"
     if why_not is None and not has_gpu:
         why_not = "no GPU is visible (compile-only or CPU node)"
     if why_not is None and spec.triton.compile_only_target:
@@ -75,10 +76,14 @@ def decide(spec: WarmerSpec, vllm_importable: bool, has_gpu: bool) -> Decision:
 
 
 def image_has_vllm() -> bool:
+    """Whether vLLM's server is in this image: its CLI module's file, found without
+    importing vLLM (``check`` stays light; a kernel-only vLLM tree has no server)."""
     try:
-        return importlib.util.find_spec("vllm") is not None
+        spec = importlib.util.find_spec("vllm")
     except (ImportError, ValueError):
         return False
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return any((Path(r) / "entrypoints" / "cli" / "main.py").is_file() for r in roots)
 
 
 def pod_has_gpu() -> bool:
@@ -104,7 +109,9 @@ def cache_files(layout: CacheLayout) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for sub in CacheLayout.SERVER_DIRS:
         for rel, st in regular_files(layout.root, sub, depth=16):
-            if rel.endswith(VOLATILE_SUFFIXES) or "/." in rel:
+            # a writer's temp file (".name.tmp-...") or a lock/log; hidden folders are kept:
+            # FlashInfer's JIT modules live under flashinfer-jit/.cache/
+            if rel.endswith(VOLATILE_SUFFIXES) or rel.rsplit("/", 1)[-1].startswith("."):
                 continue
             out[rel] = (st.st_size, st.st_mtime_ns)
             if len(out) >= MAX_FILES:
