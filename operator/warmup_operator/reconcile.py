@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Optional
 from kernel_warmer.faults import fault_point
 from warmup_operator import metrics
 from warmup_operator.core import names
-from warmup_operator.core.admission import injected_parts, missed_admission
+from warmup_operator.core.admission import missed_admission
+from warmup_operator.core.uninject import injected_parts
 from warmup_operator.core.decide import CRRecord, Decision, apply_body, cr_ref, decide
 from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec
@@ -112,7 +113,7 @@ class Controller:
     def reconcile_workload(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Outcome:
         """Bring one workload to the state the KernelWarmups ask for (idempotent)."""
         d = self._decide(kind, obj, crs)
-        if d.action == "none":
+        if d.action == "none" and not d.record:
             return Outcome(d)
         with self._lock((kind.kind, d.namespace, d.name)):
             live = self.kube.get_workload(kind, d.namespace, d.name)
@@ -122,7 +123,7 @@ class Controller:
             if d.action != "inject" and self.prewarm.pending(kind.kind, d.namespace, d.name):
                 self.prewarm.forget(kind, d.namespace, d.name)
             if d.action == "none":
-                return Outcome(d)
+                return self._record(kind, d)
             verdict = self._prewarm_verdict(kind, live, d, crs) if d.action == "inject" else None
             if verdict is not None and verdict.action != "apply":
                 return Outcome(d)  # held: a prewarm Job runs first, or failed under failurePolicy Fail
@@ -156,6 +157,21 @@ class Controller:
         for w in d.warnings:
             self.emit(ref(live, kind), "Warning", "KernelWarmupWarning", w)
         return Outcome(d, applied=True)
+
+    def _record(self, kind: WorkloadKind, d: Decision) -> Outcome:
+        """Write what the injection was made from onto the workload (its metadata: no
+        rollout), with the live injected parts as they are (owned, unchanged)."""
+        if not d.record or d.body is None:
+            return Outcome(d)
+        try:
+            self.kube.apply(kind, d.namespace, d.name, d.body)
+        except Exception as exc:  # noqa: BLE001 - retried at the next resync; nothing changed
+            log.warning("recording the injection's inputs on %s %s/%s failed: %s", kind.kind, d.namespace, d.name,
+                        getattr(exc, "reason", type(exc).__name__))
+            return Outcome(d)
+        log.info("Kept %s %s/%s injected as it is (hash %s); recorded what it was made from",
+                 kind.kind, d.namespace, d.name, d.hash)
+        return Outcome(d)
 
     def _adopt(self, kind: WorkloadKind, live: Any, d: Decision) -> None:
         """Own what the webhook injected before changing it: fields a webhook adds belong to

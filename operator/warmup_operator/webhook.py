@@ -26,6 +26,7 @@ import kopf
 
 from warmup_operator import certs, metrics
 from warmup_operator.config import WebhookConfig
+from warmup_operator.core import names
 from warmup_operator.core.admission import Admission, Gate, admit
 from warmup_operator.core.decide import CRRecord
 from warmup_operator.core.dicts import get_path
@@ -67,6 +68,8 @@ def _mutate(kind: WorkloadKind, controller: Callable[[], Any], body: Any, patch:
         return
     for path, template in adm.templates.items():
         patch.fns.append(functools.partial(_set, path, template))
+    if adm.inputs:
+        patch.fns.append(functools.partial(_record_inputs, adm.inputs))
     if adm.note and (adm.decision.error or not adm.templates):
         warnings.append(f"kernel-warmup: {adm.note}")
     action = adm.decision.action if adm.templates else "none"
@@ -78,6 +81,12 @@ def _mutate(kind: WorkloadKind, controller: Callable[[], Any], body: Any, patch:
 def _admission(kind: WorkloadKind, ctl: Any, obj: dict, crs: list[CRRecord], everyone: list[CRRecord]) -> Admission:
     ctl.cluster_crs = everyone
     return admit(kind, obj, ctl.decision(kind, obj, crs), gate=gate)
+
+
+def _record_inputs(inputs: str, body: dict) -> None:
+    """What the injection was made from, on the workload's metadata (core/decide.py)."""
+    meta = body.setdefault("metadata", {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), names.ANN_INPUTS: inputs}
 
 
 def _set(path: tuple[str, ...], value: dict, body: dict) -> None:

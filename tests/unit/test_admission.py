@@ -13,7 +13,6 @@ from warmup_operator.core import names, uninject
 from warmup_operator.core.admission import (
     _merge_list,
     admit,
-    injected_parts,
     injected_template,
     merge_keyed,
     missed_admission,
@@ -71,6 +70,8 @@ def admitted(obj: dict) -> dict:
     for path, t in adm.templates.items():
         out["spec"]["template"] = t
         assert path == ("spec", "template")
+    if adm.inputs:  # as the webhook writes it (webhook._record_inputs)
+        out["metadata"].setdefault("annotations", {})[names.ANN_INPUTS] = adm.inputs
     return out
 
 
@@ -127,8 +128,8 @@ def test_a_gate_holds_the_injection_back():
 def test_injected_parts_is_the_inverse_of_user_view():
     for tmpl in (user_template(), template(container())):
         t = admitted(deployment(tmpl))["spec"]["template"]
-        assert merge_keyed(uninject.user_view(t), injected_parts(t)) == t
-        assert injected_parts(uninject.user_view(t)) == {}
+        assert merge_keyed(uninject.user_view(t), uninject.injected_parts(t)) == t
+        assert uninject.injected_parts(uninject.user_view(t)) == {}
 
 
 def test_injected_template_of_both_lws_templates():

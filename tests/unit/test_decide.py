@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+
 import pytest
 from support.ssa import apply_fragment
 
-from warmup_operator.core import names
+from warmup_operator.core import names, uninject
 from warmup_operator.core.decide import CRRecord, decide
 from warmup_operator.core.kernelwarmup import parse_spec
 from warmup_operator.core.kinds import DEPLOYMENT, LEADERWORKERSET
@@ -30,21 +34,27 @@ def deployment(name="llm", labels=None, template_ann=None, env=None, opt_in="kw"
 def cr(name="kw", created="2026-01-01T00:00:00Z", deleting=False, **spec):
     s = {"targets": {"selector": {"matchLabels": {"app": "vllm"}}}, "model": {"configPath": "/m/config.json"}}
     s.update(spec)
-    return CRRecord(name=name, namespace="ns", uid=name, created=created, spec=s, deleting=deleting)
+    # the API server moves metadata.generation with every change of the spec
+    generation = int(hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:8], 16)
+    return CRRecord(name=name, namespace="ns", uid=name, created=created, generation=generation, spec=s,
+                    deleting=deleting)
 
 
 def applied(obj, d):
     """The workload after the API server applied the decision's body (SSA model)."""
-    out = dict(obj)
-    out["spec"] = dict(obj["spec"])
-    out["spec"]["template"] = apply_fragment(obj["spec"]["template"], d.body["spec"]["template"])
+    out = copy.deepcopy(obj)
+    if "spec" in d.body:
+        out["spec"]["template"] = apply_fragment(obj["spec"]["template"], d.body["spec"]["template"])
+    ann = (d.body["metadata"].get("annotations") or {})
+    out["metadata"]["annotations"] = {**(out["metadata"].get("annotations") or {}), **ann}
     return out
 
 
 def test_inject_then_nothing_to_do():
     d = decide(DEPLOYMENT, deployment(), [cr()])
     assert d.action == "inject" and d.owner == "kw"
-    assert d.body["apiVersion"] == "apps/v1" and d.body["metadata"] == {"name": "llm", "namespace": "ns"}
+    assert d.body["apiVersion"] == "apps/v1" and d.body["metadata"]["name"] == "llm"
+    assert set(d.body["metadata"]["annotations"]) == {names.ANN_INPUTS}  # the workload's, not the template's
     again = decide(DEPLOYMENT, applied(deployment(), d), [cr()])
     assert again.action == "none" and again.hash == d.hash
 
@@ -129,3 +139,45 @@ def test_lws_crd_list_markers():
             "leaderWorkerTemplate": {"properties": {"workerTemplate": {"properties": {"spec": {"properties": p}}}}}}}}}}}]}}
     assert lists_are_keyed(crd(pod))
     assert not lists_are_keyed(crd({**pod, "volumes": {}}))
+
+
+def _as_an_earlier_version_injected(obj):
+    """``obj`` as an earlier operator version left it: another injection (a retired env name
+    on the serving container, another hash) and no record of its inputs on the workload."""
+    old = copy.deepcopy(obj)
+    t = old["spec"]["template"]
+    t["metadata"]["annotations"][names.ANN_HASH] = "0ld0ld0ld0ld0ld0"
+    t["spec"]["containers"][0]["env"].append({"name": names.RETIRED_SERVING_ENV[0], "value": "/c"})
+    del old["metadata"]["annotations"][names.ANN_INPUTS]
+    return old
+
+
+def test_an_earlier_versions_injection_is_kept_and_recorded_once():
+    old = _as_an_earlier_version_injected(applied(deployment(), decide(DEPLOYMENT, deployment(), [cr()])))
+    d = decide(DEPLOYMENT, old, [cr()])
+    assert d.action == "none" and d.record and d.hash == "0ld0ld0ld0ld0ld0"
+    # the record's body owns the live injection as it is: applying it changes no template value
+    assert apply_fragment(old["spec"]["template"], d.body["spec"]["template"]) == old["spec"]["template"]
+    recorded = applied(old, d)
+    assert recorded["spec"]["template"] == old["spec"]["template"]
+    again = decide(DEPLOYMENT, recorded, [cr()])
+    assert again.action == "none" and not again.record and again.hash == d.hash
+
+
+@pytest.mark.parametrize("change", ["workload", "cr"])
+def test_an_earlier_versions_injection_gives_way_once_its_inputs_change(change):
+    old = _as_an_earlier_version_injected(applied(deployment(), decide(DEPLOYMENT, deployment(), [cr()])))
+    recorded = applied(old, decide(DEPLOYMENT, old, [cr()]))
+    crs = [cr()]
+    if change == "workload":
+        recorded["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.33.0"
+    else:
+        crs = [cr(tensorParallelSize=2)]
+    d = decide(DEPLOYMENT, recorded, crs)
+    assert d.action == "inject" and d.hash != "0ld0ld0ld0ld0ld0"
+    assert names.RETIRED_SERVING_ENV[0] not in str(d.body)  # the API server drops what the apply no longer holds
+
+
+def test_a_retired_env_name_is_the_operators():
+    old = _as_an_earlier_version_injected(applied(deployment(), decide(DEPLOYMENT, deployment(), [cr()])))
+    assert "env" not in uninject.user_view(old["spec"]["template"])["spec"]["containers"][0]

@@ -45,6 +45,12 @@ class Admission:
     # template path -> the template to write there (empty: leave the object as written)
     templates: dict[tuple[str, ...], dict] = field(default_factory=dict)
     note: str = ""  # for the log and the write's warnings: why nothing changed, or what did
+    inputs: str = ""  # what the injection is made from, for the workload's ANN_INPUTS (empty: leave it)
+
+
+def recorded_inputs(d: Decision) -> str:
+    """The digest the decision's body writes on the workload's metadata (core/decide.py)."""
+    return str(get_path(d.body or {}, ("metadata", "annotations", names.ANN_INPUTS)) or "")
 
 
 def merge_keyed(live: Any, fragment: Any, list_key: Optional[str] = None) -> Any:
@@ -113,7 +119,8 @@ def admit(kind: WorkloadKind, obj: Mapping[str, Any], d: Decision, gate: Optiona
     if d.action == "none" and d.body is not None:  # injected with this hash: put back what the write reset
         fixed = {p: merge_keyed(t, get_path(d.body, p) or {}) for p, t in tmpls}
         fixed = {p: t for p, t in fixed.items() if t != get_path(obj, p)}
-        return Admission(d, fixed, note="injected values the write had reset put back" if fixed else "")
+        return Admission(d, fixed, note="injected values the write had reset put back" if fixed else "",
+                         inputs=recorded_inputs(d) if d.record else "")
     if d.action == "none":
         return Admission(d, note=f"not injected: {d.error}" if d.error and _opted_in(obj) else "")
     if d.action == "remove":
@@ -122,47 +129,12 @@ def admit(kind: WorkloadKind, obj: Mapping[str, Any], d: Decision, gate: Optiona
     if held:
         return Admission(d, note=f"injection held back: {held}")
     new = {p: injected_template(t, get_path(d.body or {}, p) or {}) for p, t in tmpls}
-    return Admission(d, new, note=f"injected from KernelWarmup {d.owner} (hash {d.hash})")
+    return Admission(d, new, note=f"injected from KernelWarmup {d.owner} (hash {d.hash})", inputs=recorded_inputs(d))
 
 
 def _opted_in(obj: Mapping[str, Any]) -> bool:
     meta = obj.get("metadata") or {}
     return trust.OPT_IN in (meta.get("labels") or {}) or trust.OPT_IN in (meta.get("annotations") or {})
-
-
-def injected_parts(template: dict) -> dict:
-    """Everything of the operator's in a live template, as a fragment (the inverse of
-    ``user_view``): applying it changes no value, it only makes the operator's field
-    manager own what the webhook wrote (fields a webhook adds belong to no manager)."""
-    meta_ann = ((template or {}).get("metadata") or {}).get("annotations") or {}
-    spec = (template or {}).get("spec") or {}
-    ours = {k: v for k, v in meta_ann.items() if k in (names.ANN_HASH, names.ANN_INJECTED_BY)}
-    out: dict[str, Any] = {"metadata": {"annotations": ours}} if ours else {}
-    body: dict[str, Any] = {}
-    init = [c for c in spec.get("initContainers") or [] if c.get("name") in names.INIT_CONTAINERS]
-    vols = [v for v in spec.get("volumes") or [] if v.get("name") in names.VOLUMES]
-    containers = [c for c in (_container_parts(c, bool(ours)) for c in spec.get("containers") or []) if c]
-    for key, items in (("initContainers", init), ("volumes", vols), ("containers", containers)):
-        if items:
-            body[key] = copy.deepcopy(items)
-    if body:
-        out["spec"] = body
-    return out
-
-
-def _container_parts(c: dict, prefixed_pythonpath_is_ours: bool) -> Optional[dict]:
-    env = [e for e in c.get("env") or [] if e.get("name") in names.SERVING_ENV
-           or (prefixed_pythonpath_is_ours and e.get("name") == names.ENV_PYTHONPATH
-               and str(e.get("value") or "").split(":")[0] == names.PKG_SITE_DIR)]
-    mounts = [m for m in c.get("volumeMounts") or [] if m.get("name") in names.VOLUMES]
-    if not env and not mounts:
-        return None
-    part: dict[str, Any] = {"name": c.get("name")}
-    if env:
-        part["env"] = env
-    if mounts:
-        part["volumeMounts"] = mounts
-    return part
 
 
 def missed_admission(cr: CRRecord, obj: Mapping[str, Any]) -> Optional[str]:

@@ -74,6 +74,7 @@ class Decision:
     conflicts: tuple[str, ...] = ()  # other KernelWarmups that select it too (ignored)
     warnings: tuple[str, ...] = ()
     engine: Optional[dict] = None  # what the warmer plans for and from where (first template)
+    record: bool = False  # "none", but write ``body`` once: an earlier version's injection adopted as it is
 
 
 def workload_meta(obj: Any) -> tuple[str, str, dict]:
@@ -81,9 +82,38 @@ def workload_meta(obj: Any) -> tuple[str, str, dict]:
     return meta.get("name", ""), meta.get("namespace", ""), dict(meta.get("labels") or {})
 
 
-def apply_body(kind: WorkloadKind, name: str, namespace: str, template_fragments: dict) -> dict:
-    return {"apiVersion": kind.api_version, "kind": kind.kind,
-            "metadata": {"name": name, "namespace": namespace}, **template_fragments}
+def apply_body(kind: WorkloadKind, name: str, namespace: str, template_fragments: dict,
+               inputs: Optional[str] = None) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if inputs:
+        meta["annotations"] = {names.ANN_INPUTS: inputs}
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta, **template_fragments}
+
+
+def inputs_digest(owner: CRRecord, tmpls: list) -> str:
+    """What an injection is built from: the CR (its uid and generation, which moves with every
+    spec change and not with defaults a newer CRD fills in) and the user's own templates."""
+    return inject.digest({"cr": [owner.uid, owner.name, owner.generation],
+                          "templates": [uninject.user_view(t) for _, t in tmpls]})
+
+
+def kept_injection(kind: WorkloadKind, obj: Any, tmpls: list, owner: str, inputs: str) -> Optional[tuple[dict, bool]]:
+    """An injection an earlier operator version made from the same inputs is kept as it is
+    (an operator upgrade rolls nothing out; the new injection comes with the workload's or
+    the CR's next change): (the body that owns it, whether that body must be written once).
+    None: the live injection is not ours, not whole, or from other inputs."""
+    if not tmpls or not all(uninject.live_owner(t) == owner and uninject.live_hash(t)
+                            and uninject.injected_parts_present(t) for _, t in tmpls):
+        return None
+    recorded = _recorded(obj)
+    if recorded not in (None, inputs):
+        return None
+    parts: dict = {}
+    for path, t in tmpls:
+        parts = deep_merge(parts, nest(path, uninject.injected_parts(t)))
+    name, namespace, _ = workload_meta(obj)
+    # No record: injected by a version that kept none, taken as made from what is there now.
+    return apply_body(kind, name, namespace, parts, inputs), recorded is None
 
 
 def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
@@ -135,15 +165,21 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
             engine = inj.engine if engine is None else engine
             merged = deep_merge(merged, nest(path, inj.fragment))
         h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
+        inputs = inputs_digest(owner, tmpls)
+        found = dict(owner=owner.name, conflicts=conflicts, warnings=tuple(warnings), engine=engine)
         # Same hash and owner, and the injected entries still there (someone may have
         # removed the init containers but left the annotation: drift, re-applied).
         up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
                          and uninject.injected_parts_present(t) for (_, t), d in zip(tmpls, desired))
         if up_to_date:  # the body too: the admission webhook repairs values a write reset (core/admission.py)
-            return Decision("none", **base, owner=owner.name, hash=h, body=apply_body(kind, name, namespace, merged),
-                            conflicts=conflicts, warnings=tuple(warnings), engine=engine)
-        return Decision("inject", **base, owner=owner.name, hash=h, body=apply_body(kind, name, namespace, merged),
-                        conflicts=conflicts, warnings=tuple(warnings), engine=engine)
+            return Decision("none", **base, **found, hash=h, body=apply_body(kind, name, namespace, merged, inputs),
+                            record=_recorded(obj) != inputs)
+        kept = kept_injection(kind, obj, tmpls, owner.name, inputs)
+        if kept is not None:
+            live = [uninject.live_hash(t) for _, t in tmpls]
+            return Decision("none", **base, **found, hash=inject.digest(live) if len(live) > 1 else live[0],
+                            body=kept[0], record=kept[1])
+        return Decision("inject", **base, **found, hash=h, body=apply_body(kind, name, namespace, merged, inputs))
 
     if not live_owners:
         return Decision("none", **base)
@@ -153,6 +189,10 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         if cr.name in live_owners and isinstance(s, SpecInvalid):
             return Decision("none", **base, owner=cr.name)
     return _removal(kind, obj, tmpls, base)
+
+
+def _recorded(obj: Any) -> Optional[str]:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(names.ANN_INPUTS)
 
 
 def _parsed_specs(crs: list[CRRecord]) -> list[tuple[CRRecord, KernelWarmupSpec]]:

@@ -92,7 +92,7 @@ def check_reserved(template: dict, serving: dict, mount: str) -> None:
             raise InjectionError("spec", f"the workload already has an init container named {c['name']!r} (reserved)")
     check_mounts(serving, mount)
     for e in serving.get("env") or []:
-        if e.get("name") in names.SERVING_ENV:
+        if e.get("name") in names.OWN_ENV:
             raise InjectionError(f"containers[{serving['name']}].env[{e['name']}]",
                                  "is set by the operator (it points at the warm cache); remove it from the workload")
 
@@ -150,7 +150,7 @@ def warmer_env(serving: dict, spec_json: str) -> list[dict]:
     the warmer package on PYTHONPATH and its spec (the cache's folders come from the spec)."""
     literal = literal_pythonpath(serving)
     pythonpath = f"{names.PKG_PYTHON_DIR}:{literal}" if literal else names.PKG_PYTHON_DIR
-    own = (names.ENV_PYTHONPATH, SPEC_ENV, *names.SERVING_ENV)
+    own = (names.ENV_PYTHONPATH, SPEC_ENV, *names.OWN_ENV)
     env = [e for e in (serving.get("env") or []) if e.get("name") not in own]
     return dedupe_by_name([*env,
                            {"name": names.ENV_PYTHONPATH, "value": pythonpath},

@@ -19,6 +19,10 @@ FINALIZER = f"{GROUP}/finalizer"
 # Pod-template annotations (they reach the Pods, which is how Pods are tied to a CR).
 ANN_HASH = f"{GROUP}/injection-hash"
 ANN_INJECTED_BY = f"{GROUP}/injected-by"
+# Workload annotation (not the template's: writing it rolls nothing out): a digest of what
+# the injection was built from (core/decide.py's inputs_digest), so an operator upgrade whose
+# injection differs keeps a workload's live injection until the workload or its CR changes.
+ANN_INPUTS = f"{GROUP}/injected-from"
 
 BOOTSTRAP_CONTAINER = "kernel-warmup-bootstrap"
 WARMER_CONTAINER = "kernel-warmup-warmer"
@@ -36,6 +40,10 @@ ENV_PYTHONPATH = "PYTHONPATH"
 # Env the operator sets on the serving container (CacheLayout.SERVER_ENV, the one table of
 # the cache's folders); a user value for these would be lost, so a workload setting one is refused.
 SERVING_ENV = tuple(name for name, _ in CacheLayout.SERVER_ENV)
+# Env an earlier version set there and this one no longer does: still the operator's in a
+# live template (taken out on removal, owned on adoption, refused from users).
+RETIRED_SERVING_ENV = ("KERNEL_WARMUP_CACHE_DIR",)
+OWN_ENV = (*SERVING_ENV, *RETIRED_SERVING_ENV)
 ENV_FLASHINFER_DIR = CacheLayout.FLASHINFER_DIR_ENV  # the sitecustomize reads it
 
 DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"

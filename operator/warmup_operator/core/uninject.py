@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Any, Optional
 
 from warmup_operator.core import names
 from warmup_operator.core.containers import env_entry
@@ -57,7 +57,7 @@ def _drop_named(obj: dict, field: str, key: str, ours: tuple[str, ...]) -> None:
 
 def _user_env(e: dict) -> Optional[dict]:
     """An env entry as the user wrote it: ours dropped, the site folder taken off PYTHONPATH."""
-    if e.get("name") in names.SERVING_ENV:
+    if e.get("name") in names.OWN_ENV:
         return None
     if e.get("name") == names.ENV_PYTHONPATH and "value" in e:
         rest = strip_site(e.get("value") or "")
@@ -109,3 +109,38 @@ def injected_parts_present(template: dict) -> bool:
     """Whether the init containers and volumes the operator injects are in the template."""
     return (set(names.INIT_CONTAINERS) <= _names(template, "initContainers")
             and set(names.VOLUMES) <= _names(template, "volumes"))
+
+
+def injected_parts(template: dict) -> dict:
+    """Everything of the operator's in a live template, as a fragment (the inverse of
+    ``user_view``): applying it changes no value, it only makes the operator's field
+    manager own what the webhook wrote (fields a webhook adds belong to no manager)."""
+    meta_ann = ((template or {}).get("metadata") or {}).get("annotations") or {}
+    spec = (template or {}).get("spec") or {}
+    ours = {k: v for k, v in meta_ann.items() if k in (names.ANN_HASH, names.ANN_INJECTED_BY)}
+    out: dict[str, Any] = {"metadata": {"annotations": ours}} if ours else {}
+    body: dict[str, Any] = {}
+    init = [c for c in spec.get("initContainers") or [] if c.get("name") in names.INIT_CONTAINERS]
+    vols = [v for v in spec.get("volumes") or [] if v.get("name") in names.VOLUMES]
+    containers = [c for c in (_container_parts(c, bool(ours)) for c in spec.get("containers") or []) if c]
+    for key, items in (("initContainers", init), ("volumes", vols), ("containers", containers)):
+        if items:
+            body[key] = copy.deepcopy(items)
+    if body:
+        out["spec"] = body
+    return out
+
+
+def _container_parts(c: dict, prefixed_pythonpath_is_ours: bool) -> Optional[dict]:
+    env = [e for e in c.get("env") or [] if e.get("name") in names.OWN_ENV
+           or (prefixed_pythonpath_is_ours and e.get("name") == names.ENV_PYTHONPATH
+               and str(e.get("value") or "").split(":")[0] == names.PKG_SITE_DIR)]
+    mounts = [m for m in c.get("volumeMounts") or [] if m.get("name") in names.VOLUMES]
+    if not env and not mounts:
+        return None
+    part: dict[str, Any] = {"name": c.get("name")}
+    if env:
+        part["env"] = env
+    if mounts:
+        part["volumeMounts"] = mounts
+    return part
