@@ -48,8 +48,10 @@ jobs)
   PYTHONPATH=/root/site072:initcontainer:operator timeout 1500 $PY -m pytest -q -rs -p no:cacheprovider \
     --durations=15 --junitxml=$R/out/gpu-suite.xml tests/gpu > $R/out/gpu-suite.log 2>&1
   echo "gpu suite rc $?"; tail -30 $R/out/gpu-suite.log
-  bench moe --model moe=bench/configs/qwen3-30b-a3b-24-layers.json \
-    --fallback fp8=bench/configs/llama31-8b.json:--quantization=fp8
+  if [ "${KW_SESSION_MOE:-0}" = 1 ]; then  # off by default: the session's device time runs short
+    bench moe --model moe=bench/configs/qwen3-30b-a3b-24-layers.json \
+      --fallback fp8=bench/configs/llama31-8b.json:--quantization=fp8
+  fi
   echo "== all done $(date +%T)"; touch $R/DONE ;;
 wait)
   end=$(( $(date +%s) + ${2:-560} ))
