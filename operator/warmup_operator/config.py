@@ -14,7 +14,8 @@ from typing import Iterable, Mapping, Optional
 
 from warmup_operator.core import names
 from warmup_operator.core.lease import Timing
-from warmup_operator.core.trust import DEFAULT_HOSTPATH_ALLOWED, TrustPolicy, clean_abs_path
+from warmup_operator.core.trust import (DEFAULT_HOSTPATH_ALLOWED, DEFAULT_WARMER_PYTHONS, TrustPolicy, clean_abs_path,
+                                         python_entry_problem)
 
 LOG_FORMATS = ("json", "plain", "full")
 
@@ -118,7 +119,8 @@ class OperatorConfig:
             metrics_bind=env.get("KERNEL_WARMUP_METRICS_BIND") or env.get("POD_IP") or d.metrics_bind,
             policy=TrustPolicy(
                 warmer_images=_env_list(env, "KERNEL_WARMUP_ALLOWED_WARMER_IMAGES", d.policy.warmer_images),
-                hostpath_allowed=_env_list(env, "KERNEL_WARMUP_ALLOWED_HOSTPATHS", d.policy.hostpath_allowed)),
+                hostpath_allowed=_env_list(env, "KERNEL_WARMUP_ALLOWED_HOSTPATHS", d.policy.hostpath_allowed),
+                warmer_pythons=_env_list(env, "KERNEL_WARMUP_ALLOWED_WARMER_PYTHONS", d.policy.warmer_pythons)),
             leader=replace(d.leader, enabled=env.get("KERNEL_WARMUP_LEADER_ELECT", "") in ("1", "true"),
                            namespace=env.get("POD_NAMESPACE", ""), identity=env.get("POD_NAME", "")),
             webhook=WebhookConfig.from_env(env),
@@ -130,11 +132,15 @@ class OperatorConfig:
         parser = build_parser(base)
         args = parser.parse_args(list(argv) if argv is not None else None)
         policy = TrustPolicy(warmer_images=tuple(args.allow_warmer_image or base.policy.warmer_images),
-                             hostpath_allowed=tuple(args.allow_hostpath or base.policy.hostpath_allowed))
+                             hostpath_allowed=tuple(args.allow_hostpath or base.policy.hostpath_allowed),
+                             warmer_pythons=tuple(args.allow_warmer_python or base.policy.warmer_pythons))
         bad = [p for p in policy.hostpath_allowed if not clean_abs_path(p)]
         if bad:
             parser.error(f"--allow-hostpath {bad[0]!r}: give a normalised absolute path (no '//', '.', '..' "
                          "or trailing '/')")
+        problems = [p for p in map(python_entry_problem, policy.warmer_pythons) if p]
+        if problems:
+            parser.error(f"--allow-warmer-python {problems[0]}")
         leader = _leader_from_args(parser, args, base.leader)
         return replace(base, leader=leader, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
                        liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,
@@ -192,6 +198,9 @@ def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
     ap.add_argument("--allow-warmer-image", action="append", metavar="IMAGE",
                     help="an image spec.warmer.image may name (repeatable; 'registry/team/*' allows a prefix); "
                          "default none: the warmer always runs in the serving container's image")
+    ap.add_argument("--allow-warmer-python", action="append", metavar="PYTHON",
+                    help="an interpreter spec.warmer.python may name, exactly (repeatable; default "
+                         f"{', '.join(DEFAULT_WARMER_PYTHONS)}); unset in a CR, the serving container's own")
     ap.add_argument("--allow-hostpath", action="append", metavar="PATH",
                     help="a node folder spec.cache.hostPath.path may name, exactly (repeatable; default "
                          f"{', '.join(DEFAULT_HOSTPATH_ALLOWED)})")

@@ -147,6 +147,24 @@ def test_image_override_must_be_on_the_install_time_allow_list(cluster, operator
     assert warmer["image"] == ALLOWED_IMAGE and boot["image"] == "registry.local/kernel-warmup:test"
 
 
+@pytest.mark.parametrize("python", ["/kernel-warmup-cache/x", "../../../tmp/x"])
+def test_the_author_does_not_choose_the_warmers_executable(cluster, operator, attacker, python):
+    """Issue 25 item 1: spec.warmer.python names only an installer-listed interpreter; the
+    default is the serving container's own."""
+    name = "victim-py" + str(len(python))
+    before = victim(cluster, name, opt_in="warm-py" + str(len(python)))
+    kw = "warm-py" + str(len(python))
+    as_attacker(cluster, attacker, kernelwarmup(kw, NS, targets={"names": [name]}, warmer={"python": python}))
+    entry = refused(cluster, kw, name, "PythonNotAllowed")
+    assert "spec.warmer.python" in entry["message"] and "warmer.allowedPythons" in entry["message"]
+    assert_unchanged(cluster, name, before)
+    as_attacker(cluster, attacker, kernelwarmup(kw, NS, targets={"names": [name]}))
+    t = wait_for("injection with the serving container's Python", lambda: (t := template_of(cluster, name, NS))
+                 and names.ANN_HASH in (t["metadata"].get("annotations") or {}) and t)
+    warmer = next(c for c in t["spec"]["initContainers"] if c["name"] == names.WARMER_CONTAINER)
+    assert warmer["command"][0] == "python3"
+
+
 def test_bootstrap_image_is_no_field_of_the_crd(cluster, operator, attacker):
     r = as_attacker(cluster, attacker, kernelwarmup("evil-d", NS, targets={"names": ["x"]},
                                                     warmer={"bootstrapImage": "evil.example/boot:1"}), check=False)

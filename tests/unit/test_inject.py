@@ -195,6 +195,10 @@ ERRORS = [
     ("missing-name", template(container()), {"servingContainer": "nope"}, "spec.servingContainer", "no container named 'nope'"),
     ("mount-collision", template(container(mounts=[{"name": "x", "mountPath": "/kernel-warmup-cache"}])), {},
      "spec.cache.mountPath", "collides"),
+    ("mount-inside-the-models", template(container(mounts=[{"name": "m", "mountPath": "/models//m/"}])),
+     {"cache": {"mountPath": "/models/m/cache"}}, "spec.cache.mountPath", "inside volumeMount 'm'"),
+    ("mount-over-the-models", template(container(mounts=[{"name": "m", "mountPath": "/data/models"}])),
+     {"cache": {"mountPath": "/data"}}, "spec.cache.mountPath", "over volumeMount 'm'"),
     ("user-triton-dir", template(container(env=[{"name": "TRITON_CACHE_DIR", "value": "/tmp/t"}])), {},
      "containers[vllm].env[TRITON_CACHE_DIR]", "set by the operator"),
 ]

@@ -47,3 +47,20 @@ def test_valid_image_references_pass():
     for ref in ("vllm/vllm-openai:v0.11.0", "registry.local:5000/a/b@sha256:" + "a" * 64, "ghcr.io/x/y_z-1.2:tag"):
         assert parse_spec(spec_doc(warmer={"image": ref})).container.image == ref
 
+
+
+@pytest.mark.parametrize("mount", ["/etc", "/etc/kw", "/usr/lib/python3/dist-packages", "/dev/shm/x", "/var",
+                                   "/opt/venv/lib/python3.12/site-packages/kw", "/opt", "/root/.cache",
+                                   "/app/.venv", "/srv/py/site-packages", "/usr/local/lib/kw", "/run/kw"])
+def test_a_cache_mount_that_hides_the_images_own_files_is_refused(mount):
+    """Issue 25 item 4: mounted there, the cache volume would hide system files, Python's
+    packages or a model folder the image ships from the server (Ready would stay True)."""
+    with pytest.raises(SpecInvalid) as ei:
+        parse_spec(spec_doc(cache={"mountPath": mount}))
+    assert ei.value.field == "spec.cache.mountPath" and "would hide" in ei.value.message
+
+
+@pytest.mark.parametrize("mount", ["/kernel-warmup-cache", "/cache", "/root/.cache/kernel-warmup", "/data/kw",
+                                   "/opt/kw-cache", "/tmp/kw", "/var/cache/kw"])
+def test_a_cache_folder_of_its_own_is_accepted(mount):
+    assert parse_spec(spec_doc(cache={"mountPath": mount})).cache.mount_path == mount

@@ -95,6 +95,54 @@ def test_bootstrap_image_is_the_operators_only():
     assert boot["name"] == names.BOOTSTRAP_CONTAINER and boot["image"] == "registry.local/kw:1"
 
 
+# --- issue 25 item 1: the warmer's interpreter ----------------------------------------------
+
+
+def warmer_of(d):
+    return next(c for c in d.body["spec"]["template"]["spec"]["initContainers"] if c["name"] == names.WARMER_CONTAINER)
+
+
+@pytest.mark.parametrize("python", ["/kernel-warmup-cache/x", "../../../tmp/x", "/tmp/x", "python3.9x", "/usr/bin/python3"])
+def test_an_interpreter_the_installer_did_not_list_is_refused(python):
+    d = decide(DEPLOYMENT, workload("kw"), [cr(warmer={"python": python})])
+    assert d.action == "none" and d.body is None
+    assert d.error.reason == "PythonNotAllowed" and d.error.field == "spec.warmer.python"
+    assert "warmer.allowedPythons" in str(d.error) and "serving container's own Python" in str(d.error)
+
+
+def test_a_listed_interpreter_is_run():
+    policy = TrustPolicy(warmer_pythons=("python3", "/opt/venv/bin/python3"))
+    for python in policy.warmer_pythons:
+        d = decide(DEPLOYMENT, workload("kw"), [cr(warmer={"python": python})], policy=policy)
+        assert d.action == "inject" and warmer_of(d)["command"][0] == python
+
+
+@pytest.mark.parametrize("command, python", [
+    (None, "python3"),
+    (["vllm", "serve", "m"], "python3"),
+    (["/opt/venv/bin/python3", "-m", "vllm.entrypoints.openai.api_server"], "/opt/venv/bin/python3"),
+    (["python3.12", "-m", "vllm.entrypoints.openai.api_server"], "python3.12"),
+    (["sh", "-c", "python3 -m vllm.entrypoints.openai.api_server"], "python3"),
+    (["./venv/bin/python", "-m", "vllm"], "python3"),  # relative to the working dir: not taken
+])
+def test_unset_the_interpreter_is_the_serving_containers_own(command, python):
+    obj = workload("kw")
+    if command:
+        obj["spec"]["template"]["spec"]["containers"][0]["command"] = command
+    d = decide(DEPLOYMENT, obj, [cr()])
+    assert d.action == "inject" and warmer_of(d)["command"][0] == python
+
+
+def test_install_time_interpreters_are_names_or_clean_paths():
+    cfg = OperatorConfig.from_args(["--allow-warmer-python", "python3.12", "--allow-warmer-python", "/opt/py/bin/python"],
+                                   env={})
+    assert cfg.policy.warmer_pythons == ("python3.12", "/opt/py/bin/python")
+    assert OperatorConfig.from_args([], env={}).policy.warmer_pythons == ("python3", "python")
+    for bad in ("py", "/opt/../tmp/python", "bin/python3"):
+        with pytest.raises(SystemExit):
+            OperatorConfig.from_args(["--allow-warmer-python", bad], env={})
+
+
 # --- item 3: hostPath ------------------------------------------------------------------------
 
 

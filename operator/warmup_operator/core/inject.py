@@ -40,6 +40,7 @@ from warmup_operator.core.kernelwarmup import KernelWarmupSpec
 from warmup_operator.core.serving import serving_engine
 
 WARMER_COMMAND_TAIL = ["-m", "kernel_warmer", "run", "--spec-env", SPEC_ENV]
+DEFAULT_PYTHON = "python3"
 BOOTSTRAP_COMMAND = ["python3", "-m", "kernel_warmer.bootstrap", "--dest", names.PKG_MOUNT]
 
 
@@ -104,6 +105,13 @@ def check_mounts(serving: dict, mount: str) -> None:
         if p == norm_path(mount):
             raise InjectionError("spec.cache.mountPath",
                                  f"{mount} collides with volumeMount {m.get('name')!r} of container {sname!r}; choose another mountPath")
+        inside, over = norm_path(mount).startswith(p.rstrip("/") + "/"), p.startswith(norm_path(mount) + "/")
+        if inside or over:
+            where = "inside" if inside else "over"
+            raise InjectionError("spec.cache.mountPath",
+                                 f"{mount} is {where} volumeMount {m.get('name')!r} ({m.get('mountPath')}) of container "
+                                 f"{sname!r}: it would hide {'part of that volume' if inside else 'that volume'} from "
+                                 "the server; choose a folder outside it")
         if p == names.PKG_MOUNT or p.startswith(names.PKG_MOUNT + "/"):
             raise InjectionError(f"containers[{sname}].volumeMounts",
                                  f"{m.get('mountPath')} is under {names.PKG_MOUNT}, reserved for the operator's package folder")
@@ -163,6 +171,18 @@ def pkg_mount(read_only: bool) -> dict:
     return {**m, "readOnly": True} if read_only else m
 
 
+def warmer_python(chosen: Optional[str], serving: dict) -> str:
+    """The interpreter the warmer runs: the CR's (already checked against the install-time
+    list, core/trust.py), else the serving container's own when its command starts with a
+    Python (the workload owner's choice, in their own image), else python3 on the image's PATH."""
+    if chosen:
+        return chosen
+    first = str((serving.get("command") or [""])[0])
+    if names.PYTHON_NAME_RE.match(first.rsplit("/", 1)[-1]) and (first.startswith("/") or "/" not in first):
+        return first
+    return DEFAULT_PYTHON
+
+
 def warmer_container(spec: KernelWarmupSpec, serving: dict, env: list[dict]) -> dict:
     """The warmer runs in the serving image (unless the CR names one) with the serving
     container's mounts, GPUs, env sources and user, never its privileges."""
@@ -170,7 +190,7 @@ def warmer_container(spec: KernelWarmupSpec, serving: dict, env: list[dict]) -> 
     warmer: dict[str, Any] = {
         "name": names.WARMER_CONTAINER,
         "image": c.image or serving.get("image"),
-        "command": [c.python, *WARMER_COMMAND_TAIL],
+        "command": [warmer_python(c.python, serving), *WARMER_COMMAND_TAIL],
         "env": env,
         "volumeMounts": [*copy.deepcopy(serving.get("volumeMounts") or []),
                          {"name": names.CACHE_VOLUME, "mountPath": spec.cache.mount_path}, pkg_mount(True)],

@@ -10,6 +10,7 @@ relies on, so a CR written before a schema change gets a clear error, not a cras
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 import typing
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class CacheVolume:
 class WarmerContainer:
     image: Optional[str] = None  # only when the operator's allow-list has it (core/trust.py)
     image_pull_policy: Optional[str] = None
-    python: str = "python3"
+    python: Optional[str] = None  # only one the operator's allow-list has (core/trust.py); None: the serving image's
     resources: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -146,6 +147,27 @@ def parse_targets(data: Any) -> Targets:
     return Targets(dict(labels), tuple(exprs), sel is not None, names_, kinds)
 
 
+# Folders of the serving image a cache volume mounted on (or over, or inside) would hide:
+# the system's, where Python and vLLM live, and where a server finds models baked in.
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+               "/sys", "/usr", "/var/lib", "/var/run", "/opt/venv", "/opt/conda", "/root/.cache/huggingface")
+# Path parts that mean "a Python environment's packages": no cache inside one.
+PACKAGE_PARTS = ("site-packages", "dist-packages")
+
+
+def shadowed_system_dir(mount: str) -> Optional[str]:
+    """The image folder a cache at ``mount`` would hide, if any (None: a folder of its own)."""
+    path = posixpath.normpath(mount)
+    for d in SYSTEM_DIRS:
+        if path == d or path.startswith(d + "/") or d.startswith(path + "/"):
+            return d
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if part in PACKAGE_PARTS or part.endswith(".venv"):
+            return "/".join(parts[:i + 1]) + " (Python packages)"
+    return None
+
+
 def parse_cache(data: Any) -> CacheVolume:
     where = "spec.cache"
     c = _obj(data, where)
@@ -154,6 +176,9 @@ def parse_cache(data: Any) -> CacheVolume:
         raise SpecInvalid(f"{where}.mountPath", f"must be an absolute path other than /, got {mount!r}")
     if mount == names.PKG_MOUNT or mount.startswith(names.PKG_MOUNT + "/"):
         raise SpecInvalid(f"{where}.mountPath", f"must not be under {names.PKG_MOUNT} (the operator's package folder)")
+    if (shadowed := shadowed_system_dir(mount)) is not None:
+        raise SpecInvalid(f"{where}.mountPath", f"{mount!r:.200} would hide the image's {shadowed} from the server; "
+                          "choose a folder of its own, such as /kernel-warmup-cache")
     kinds = [k for k in ("emptyDir", "hostPath", "persistentVolumeClaim") if k in c]
     if len(kinds) > 1:
         raise SpecInvalid(where, f"set at most one of emptyDir, hostPath, persistentVolumeClaim (got {', '.join(kinds)})")
@@ -192,7 +217,7 @@ def parse_container(data: Any) -> WarmerContainer:
     return WarmerContainer(
         image=_matching(w, "image", where, IMAGE_RE, "an image reference") or None,
         image_pull_policy=pull,
-        python=_matching(w, "python", where, PYTHON_RE, "an executable path", "python3") or "python3",
+        python=_matching(w, "python", where, PYTHON_RE, "an executable path") or None,
         resources=resources,
     )
 

@@ -6,6 +6,8 @@ it recognises (and removes) exactly its own entries and nothing of the user's.
 
 from __future__ import annotations
 
+import re
+
 from kernel_warmer.cache.volume import CacheLayout
 
 GROUP = "kernelwarmup.dev"
@@ -45,6 +47,10 @@ SERVING_ENV = tuple(name for name, _ in CacheLayout.SERVER_ENV)
 RETIRED_SERVING_ENV = ("KERNEL_WARMUP_CACHE_DIR",)
 OWN_ENV = (*SERVING_ENV, *RETIRED_SERVING_ENV)
 ENV_FLASHINFER_DIR = CacheLayout.FLASHINFER_DIR_ENV  # the sitecustomize reads it
+
+# A Python interpreter's file name (python, python3, python3.12): what an install-time
+# interpreter entry or a serving command's first word must be to be taken as one.
+PYTHON_NAME_RE = re.compile(r"^python[0-9.]*$")
 
 DEFAULT_BOOTSTRAP_IMAGE = "ghcr.io/kernel-warmup/kernel-warmup:0.1.0"
 

@@ -21,6 +21,8 @@ from warmup_operator.core.containers import InjectionError
 # allowed to inject into it. Only someone who may edit the workload can set it.
 OPT_IN = f"{names.GROUP}/kernelwarmup"
 DEFAULT_HOSTPATH_ALLOWED = ("/var/cache/kernel-warmup",)
+# Interpreters spec.warmer.python may name by default: found on the serving image's own PATH.
+DEFAULT_WARMER_PYTHONS = ("python3", "python")
 # Pod Security Admission levels that refuse hostPath volumes.
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 PSA_NO_HOSTPATH = ("baseline", "restricted")
@@ -42,6 +44,7 @@ class TrustPolicy:
 
     warmer_images: tuple[str, ...] = ()  # allowed spec.warmer.image values; "x/*" allows the prefix "x/"
     hostpath_allowed: tuple[str, ...] = DEFAULT_HOSTPATH_ALLOWED  # exact folders a hostPath cache may use
+    warmer_pythons: tuple[str, ...] = DEFAULT_WARMER_PYTHONS  # allowed spec.warmer.python values, exactly
 
 
 def opt_in_value(meta: Mapping[str, Any]) -> Optional[str]:
@@ -87,6 +90,25 @@ def check_image(image: Optional[str], policy: TrustPolicy) -> None:
                      "warmer.allowedImages)", "ImageNotAllowed")
 
 
+def check_python(python: Optional[str], policy: TrustPolicy) -> None:
+    """spec.warmer.python is the program the warmer container executes, with the workload's
+    env, volumes and GPUs: a KernelWarmup author picks one the installer listed, never a
+    path of their own (a file on the cache volume, say). Unset: the serving image's own."""
+    if python is None or python in policy.warmer_pythons:
+        return
+    allowed = ", ".join(policy.warmer_pythons) or "none"
+    raise TrustError("spec.warmer.python", f"{python!r:.120} is not one of the interpreters the operator allows "
+                     f"({allowed}); remove the field (the warmer then uses the serving container's own Python), "
+                     "or ask the installer to add it (chart value warmer.allowedPythons)", "PythonNotAllowed")
+
+
+def python_entry_problem(entry: str) -> Optional[str]:
+    """Why an install-time interpreter entry is refused (None: fine)."""
+    if names.PYTHON_NAME_RE.match(entry) or clean_abs_path(entry):
+        return None
+    return f"{entry!r}: give a python name found on the image's PATH (python3) or a normalised absolute path"
+
+
 def clean_abs_path(path: str) -> bool:
     """Absolute and already normal: no '//', '/.', '/..' parts, no trailing '/'."""
     return path.startswith("/") and path != "/" and posixpath.normpath(path) == path and "//" not in path
@@ -120,6 +142,7 @@ def check_psa_hostpath(source: Mapping[str, Any], namespace: str, ns_labels: Map
 def check_spec(spec: Any, policy: TrustPolicy, namespace: str, ns_labels: Optional[Mapping[str, str]]) -> None:
     """Every install-time limit on what a KernelWarmup may ask for (TrustError)."""
     check_image(spec.container.image, policy)
+    check_python(spec.container.python, policy)
     check_hostpath(spec.cache.source, policy)
     check_psa_hostpath(spec.cache.source, namespace, ns_labels or {})
 
