@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Optional
 
 from warmup_operator.core import names
 from warmup_operator.core.lease import Timing
+from warmup_operator.core.prewarm import JobBounds
 from warmup_operator.core.trust import (DEFAULT_HOSTPATH_ALLOWED, DEFAULT_WARMER_PYTHONS, TrustPolicy, clean_abs_path,
                                          python_entry_problem)
 
@@ -96,11 +97,16 @@ class OperatorConfig:
     verbose: bool = False  # --verbose
     resync_seconds: float = 10.0  # $KERNEL_WARMUP_RESYNC_SECONDS
     workers: int = 16  # $KERNEL_WARMUP_WORKERS: kopf's handler threads (and API connections)
+    # $KERNEL_WARMUP_STUCK_SECONDS: liveness fails once one reconcile runs longer (0: never)
+    stuck_seconds: float = 300.0
     # --metrics-bind / $KERNEL_WARMUP_METRICS_BIND, else $POD_IP (the chart sets it), else loopback
     metrics_bind: str = "127.0.0.1"
     # --allow-warmer-image / $KERNEL_WARMUP_ALLOWED_WARMER_IMAGES, --allow-hostpath /
     # $KERNEL_WARMUP_ALLOWED_HOSTPATHS (comma-separated): what a KernelWarmup may ask for
     policy: TrustPolicy = TrustPolicy()
+    # --prewarm-max-jobs / $KERNEL_WARMUP_PREWARM_MAX_JOBS, --prewarm-max-jobs-per-namespace /
+    # $KERNEL_WARMUP_PREWARM_MAX_JOBS_PER_NAMESPACE: bounds on prewarm Jobs (core/prewarm.py)
+    prewarm_bounds: JobBounds = JobBounds()
     leader: LeaderElection = LeaderElection()
     webhook: WebhookConfig = field(default_factory=WebhookConfig)  # the admission webhook (issue 13)
 
@@ -116,11 +122,16 @@ class OperatorConfig:
             log_format=env.get("KERNEL_WARMUP_LOG_FORMAT", d.log_format),
             resync_seconds=float(env.get("KERNEL_WARMUP_RESYNC_SECONDS", d.resync_seconds)),
             workers=int(env.get("KERNEL_WARMUP_WORKERS", d.workers)),
+            stuck_seconds=float(env.get("KERNEL_WARMUP_STUCK_SECONDS", d.stuck_seconds)),
             metrics_bind=env.get("KERNEL_WARMUP_METRICS_BIND") or env.get("POD_IP") or d.metrics_bind,
             policy=TrustPolicy(
                 warmer_images=_env_list(env, "KERNEL_WARMUP_ALLOWED_WARMER_IMAGES", d.policy.warmer_images),
                 hostpath_allowed=_env_list(env, "KERNEL_WARMUP_ALLOWED_HOSTPATHS", d.policy.hostpath_allowed),
                 warmer_pythons=_env_list(env, "KERNEL_WARMUP_ALLOWED_WARMER_PYTHONS", d.policy.warmer_pythons)),
+            prewarm_bounds=JobBounds(
+                per_kernelwarmup=int(env.get("KERNEL_WARMUP_PREWARM_MAX_JOBS", d.prewarm_bounds.per_kernelwarmup)),
+                per_namespace=int(env.get("KERNEL_WARMUP_PREWARM_MAX_JOBS_PER_NAMESPACE",
+                                          d.prewarm_bounds.per_namespace))),
             leader=replace(d.leader, enabled=env.get("KERNEL_WARMUP_LEADER_ELECT", "") in ("1", "true"),
                            namespace=env.get("POD_NAMESPACE", ""), identity=env.get("POD_NAME", "")),
             webhook=WebhookConfig.from_env(env),
@@ -145,7 +156,15 @@ class OperatorConfig:
         return replace(base, leader=leader, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
                        liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,
                        log_format=args.log_format, verbose=args.verbose, metrics_bind=args.metrics_bind,
-                       policy=policy, webhook=WebhookConfig.from_args(args, base.webhook))
+                       policy=policy, webhook=WebhookConfig.from_args(args, base.webhook),
+                       prewarm_bounds=JobBounds(args.prewarm_max_jobs, args.prewarm_max_jobs_per_namespace))
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give 0 (no bound) or a positive count")
+    return n
 
 
 def _env_list(env: Mapping[str, str], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -204,6 +223,10 @@ def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
     ap.add_argument("--allow-hostpath", action="append", metavar="PATH",
                     help="a node folder spec.cache.hostPath.path may name, exactly (repeatable; default "
                          f"{', '.join(DEFAULT_HOSTPATH_ALLOWED)})")
+    ap.add_argument("--prewarm-max-jobs", type=_count, default=defaults.prewarm_bounds.per_kernelwarmup,
+                    help="most prewarm Jobs one KernelWarmup may have at once (0: no bound)")
+    ap.add_argument("--prewarm-max-jobs-per-namespace", type=_count, default=defaults.prewarm_bounds.per_namespace,
+                    help="most prewarm Jobs of all KernelWarmups in one namespace at once (0: no bound)")
     add_webhook_flags(ap, defaults.webhook)
     ap.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
     ap.add_argument("--verbose", "-v", action="store_true")

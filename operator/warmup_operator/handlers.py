@@ -32,7 +32,7 @@ def controller() -> Controller:
         from warmup_operator.kube import Kube
         cfg = config.current()
         _controller = Controller(Kube(), bootstrap_image=cfg.bootstrap_image, emit=_emit, policy=cfg.policy,
-                                 admission=cfg.webhook.enabled)
+                                 admission=cfg.webhook.enabled, prewarm_bounds=cfg.prewarm_bounds)
     return _controller
 
 
@@ -50,7 +50,8 @@ def _snapshot(body: Any) -> dict:
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
         "metadata": {**{k: copy.deepcopy(meta.get(k)) for k in ("name", "namespace", "uid", "labels")
                         if meta.get(k) is not None},
-                     "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == OPT_IN}},
+                     "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                                     if k in (OPT_IN, names.ANN_INPUTS)}},
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
         "status": {k: copy.deepcopy((body.get("status") or {}).get(k))
                    for k in ("replicas", "readyReplicas", "updatedReplicas", "conditions")},
@@ -179,6 +180,17 @@ def kw_deleted(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
 
 
+@kopf.on.probe(id="controller")
+def controller_progress(**_: Any) -> dict:
+    """Liveness: /healthz fails while one reconcile has run longer than the bound (a stuck
+    API call or lock), so the kubelet restarts the operator instead of it idling healthy."""
+    running = controller().stuck_for()
+    bound = config.current().stuck_seconds
+    if bound and running > bound:
+        raise kopf.PermanentError(f"a reconcile has run for {running:.0f}s (bound {bound:.0f}s)")
+    return {"longestReconcileSeconds": round(running, 1)}
+
+
 # --- workload and Pod watches ------------------------------------------------------------
 
 
@@ -187,7 +199,9 @@ def _on_workload(kind: WorkloadKind, body: Any, type: Optional[str], namespace: 
         return
     try:
         _see_cluster(kw_index)
-        out = controller().reconcile_workload(kind, _snapshot(body), _crs(kw_index, namespace))
+        # An event is a nudge: it never parks a handler thread behind a reconcile of the same
+        # workload already running (that one goes once more; reconcile.py, singleflight.py).
+        out = controller().reconcile_workload(kind, _snapshot(body), _crs(kw_index, namespace), wait=False)
         if out.error:
             log.warning(out.error)
     except Exception:

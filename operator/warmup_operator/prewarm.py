@@ -38,8 +38,9 @@ def _now() -> datetime.datetime:
 
 class Prewarmer:
     def __init__(self, kube: Any, emit: Callable[[dict, str, str, str], None], bootstrap_image: str,
-                 crs: Callable[[], list[CRRecord]] = list):
+                 crs: Callable[[], list[CRRecord]] = list, bounds: core.JobBounds = core.JobBounds()):
         self.kube = kube
+        self.bounds = bounds
         self.crs = crs  # every KernelWarmup the operator knows (for hold_reason)
         self.emit = emit
         self.bootstrap_image = bootstrap_image
@@ -117,7 +118,8 @@ class Prewarmer:
                 self._remember(key, verdict, d.hash)
                 return verdict
             current = started
-        results = [self._result(key, j, d.namespace) for j in current]
+        pods = self._job_pods(kind, d, current)
+        results = [self._result(key, j, pods) for j in current]
         verdict = core.judge(results, spec.warmer.failure_policy)
         self._announce(cr, kind, d, results, verdict)
         self._remember(key, verdict, d.hash)
@@ -146,6 +148,9 @@ class Prewarmer:
             if problem is not None:
                 return problem
             nodes = [None]
+        over = self._over_bounds(cr, kind, d, len(nodes))
+        if over is not None:
+            return over
         injection = build_injection(spec, template, cr_name=cr.name, default_bootstrap_image=self.bootstrap_image)
         created = []
         for node in nodes:
@@ -165,6 +170,13 @@ class Prewarmer:
             created.append(job)
         return created
 
+    def _over_bounds(self, cr: CRRecord, kind: WorkloadKind, d: Decision, planned: int) -> Optional[core.Problem]:
+        if not (self.bounds.per_kernelwarmup or self.bounds.per_namespace):
+            return None
+        jobs = self.kube.list_jobs(d.namespace, names.LABEL_PREWARM_CR)
+        return core.bounds_problem(self.bounds, planned, core.target_label(kind.kind, d.name), cr.name, jobs,
+                                   f"{kind.kind}/{d.name}")
+
     def _workload_pods(self, live: dict) -> list[dict]:
         match = ((live.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         if not match:
@@ -174,18 +186,26 @@ class Prewarmer:
         return [p for p in self.kube.list_pods(ns, selector)
                 if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
-    def _result(self, key: Key, job: dict, namespace: str) -> core.JobResult:
+    def _job_pods(self, kind: WorkloadKind, d: Decision, jobs: list[dict]) -> dict[str, list[dict]]:
+        """The Pods of this target's Jobs, by the uid of the Job that controls each: one list
+        for all of them (not one per Job), and only when a Job is running or unread."""
+        with self._lock:
+            unread = [j for j in jobs if core.job_state(j, _now()).uid not in self._summaries]
+        if not unread:
+            return {}
+        return core.pods_by_job(self.kube.list_pods(d.namespace, self._target_selector(kind, d.name)))
+
+    def _result(self, key: Key, job: dict, pods: dict[str, list[dict]]) -> core.JobResult:
         state = core.job_state(job, _now())
+        mine = pods.get(state.uid, [])
         if state.phase == "running":
-            pods = self.kube.list_pods(namespace, f"{names.LABEL_JOB_NAME}={state.name}")
-            stuck = next((m for p in pods if (m := core.pod_unschedulable(p))), None)
+            stuck = next((m for p in mine if (m := core.pod_unschedulable(p))), None)
             return core.JobResult(state, unschedulable=stuck)
-        if state.uid not in self._summaries:
-            pods = self.kube.list_pods(namespace, f"{names.LABEL_JOB_NAME}={state.name}")
-            with self._lock:
-                self._summaries[state.uid] = next((s for p in pods if (s := core.pod_summary(p)) is not None), None)
+        with self._lock:
+            if state.uid not in self._summaries:
+                self._summaries[state.uid] = next((s for p in mine if (s := core.pod_summary(p)) is not None), None)
                 self._job_uids.setdefault(key, set()).add(state.uid)
-        return core.JobResult(state, self._summaries[state.uid])
+            return core.JobResult(state, self._summaries[state.uid])
 
     def _keep_only(self, key: Key, listed: set[str]) -> None:
         """Drop what is remembered about this target's finished Jobs that no longer exist
@@ -222,7 +242,7 @@ class Prewarmer:
 
     def delete_for_cr(self, namespace: str, cr_name: str) -> int:
         """The KernelWarmup is being deleted: none of its Jobs stays behind."""
-        jobs = self.kube.list_jobs(namespace, f"{names.LABEL_PREWARM_CR}={cr_name}")
+        jobs = self.kube.list_jobs(namespace, f"{names.LABEL_PREWARM_CR}={core.cr_label(cr_name)}")
         for job in jobs:
             self.kube.delete_job(namespace, job["metadata"]["name"])
         return len(jobs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -34,8 +33,9 @@ from warmup_operator.core.status import (
 from warmup_operator.core.targets import lists_are_keyed, selects, templates
 from warmup_operator.core.uninject import live_hash
 from warmup_operator.core.trust import TrustPolicy, not_opted_in
-from warmup_operator.core.prewarm import Verdict
+from warmup_operator.core.prewarm import JobBounds, Verdict
 from warmup_operator.prewarm import Prewarmer
+from warmup_operator.singleflight import SingleFlight
 from warmup_operator.redact import env_literals, redact
 
 log = logging.getLogger("warmup_operator")
@@ -58,17 +58,18 @@ class Outcome:
     applied: bool = False
     error: str = ""
     status: Optional[int] = None  # the API's HTTP status of a failed apply
+    queued: bool = False  # a reconcile of the workload was running: it goes once more with these KernelWarmups
 
 
 class Controller:
     def __init__(self, kube: Any, *, bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
-                 emit: Optional[Emit] = None, policy: TrustPolicy = TrustPolicy(), admission: bool = False):
+                 emit: Optional[Emit] = None, policy: TrustPolicy = TrustPolicy(), admission: bool = False,
+                 prewarm_bounds: JobBounds = JobBounds()):
         self.kube = kube
         self.bootstrap_image = bootstrap_image
         self.policy = policy
         self.emit = emit or (lambda *a: None)
-        self._locks: dict[tuple, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._flight: SingleFlight[list[CRRecord], Outcome] = SingleFlight()  # one reconcile per workload
         # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
         self.apply_errors: dict[tuple[str, str, str], str] = {}
         self._owners: dict[str, Optional[tuple[str, str, str]]] = {}  # uid -> its controller (immutable)
@@ -79,11 +80,8 @@ class Controller:
         # what it wrote before changing it, and reports the writes it had to inject itself.
         self.admission = admission
         self.late: dict[tuple[str, str, str], tuple[str, str]] = {}  # (kind, ns, name) -> (hash, why)
-        self.prewarm = Prewarmer(kube, self.emit, bootstrap_image, crs=lambda: self.cluster_crs or [])
-
-    def _lock(self, key: tuple) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
+        self.prewarm = Prewarmer(kube, self.emit, bootstrap_image, crs=lambda: self.cluster_crs or [],
+                                 bounds=prewarm_bounds)
 
     def _namespace_labels(self, obj: Any, crs: list[CRRecord]) -> Optional[dict]:
         """The workload namespace's labels, read only when a KernelWarmup there asks for a
@@ -110,42 +108,60 @@ class Controller:
         """What the controller would do to ``obj`` (the webhook asks the same question)."""
         return self._decide(kind, obj, crs)
 
-    def reconcile_workload(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Outcome:
-        """Bring one workload to the state the KernelWarmups ask for (idempotent)."""
+    def reconcile_workload(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord], *, wait: bool = True) -> Outcome:
+        """Bring one workload to the state the KernelWarmups ask for (idempotent). Without
+        ``wait`` (an event's nudge), a reconcile of it already running takes these
+        KernelWarmups and goes once more, and this returns at once (``queued``)."""
         d = self._decide(kind, obj, crs)
         if d.action == "none" and not d.record:
             return Outcome(d)
-        with self._lock((kind.kind, d.namespace, d.name)):
-            live = self.kube.get_workload(kind, d.namespace, d.name)
-            if live is None:
-                return Outcome(Decision("none", d.kind, d.name, d.namespace))
-            d = self._decide(kind, live, crs)
-            if d.action != "inject" and self.prewarm.pending(kind.kind, d.namespace, d.name):
-                self.prewarm.forget(kind, d.namespace, d.name)
-            if d.action == "none":
-                return self._record(kind, d)
-            verdict = self._prewarm_verdict(kind, live, d, crs) if d.action == "inject" else None
-            if verdict is not None and verdict.action != "apply":
-                return Outcome(d)  # held: a prewarm Job runs first, or failed under failurePolicy Fail
-            try:
-                if self.admission:
-                    self._adopt(kind, live, d)
-                self.kube.apply(kind, d.namespace, d.name, d.body)
-            except Exception as exc:  # noqa: BLE001 - reported, retried by the caller
-                metrics.RECONCILE_ERRORS.labels("apply").inc()
-                # The API's error body can echo the object; the warmer copies the serving
-                # env, so a literal token there must never reach a log, an Event or status.
-                msg = redact(f"{d.action} {kind.kind}/{d.name} failed: {getattr(exc, 'reason', '')} "
-                             f"{getattr(exc, 'body', exc)}", env_literals(kind, live))
-                log.warning(msg)
-                self._apply_failed(kind, live, d, crs, msg)
-                return Outcome(d, error=msg, status=getattr(exc, "status", None))
-            fault_point("applied")
-            self.apply_errors.pop((kind.kind, d.namespace, d.name), None)
+        out = self._flight.run((kind.kind, d.namespace, d.name),
+                               lambda latest: self._reconcile_live(kind, d.namespace, d.name, latest), crs, wait=wait)
+        return out if out is not None else Outcome(d, queued=True)
+
+    def _reconcile_live(self, kind: WorkloadKind, namespace: str, name: str, crs: list[CRRecord]) -> Outcome:
+        """The workload as the API has it now, decided and written (one run per workload)."""
+        live = self.kube.get_workload(kind, namespace, name)
+        if live is None:
+            return Outcome(Decision("none", kind.kind, name, namespace))
+        d = self._decide(kind, live, crs)
+        if d.action != "inject" and self.prewarm.pending(kind.kind, d.namespace, d.name):
+            self.prewarm.forget(kind, d.namespace, d.name)
+        if d.action == "none":
+            return self._record(kind, d)
+        verdict = self._prewarm_verdict(kind, live, d, crs) if d.action == "inject" else None
+        if verdict is not None and verdict.action != "apply":
+            return Outcome(d)  # held: a prewarm Job runs first, or failed under failurePolicy Fail
+        failed = self._apply(kind, live, d, crs)
+        if failed is not None:
+            return failed
         metrics.INJECTIONS.labels(kind.kind, d.action).inc()
         # A rollout the prewarm gate held back (the webhook too) is no missed admission.
         if self.admission and d.action == "inject" and (verdict is None or verdict.phase == "NotUsed"):
             self._report_missed_admission(kind, live, d, crs)
+        self._announce_applied(kind, live, d, crs)
+        return Outcome(d, applied=True)
+
+    def _apply(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord]) -> Optional[Outcome]:
+        """Write the decision (None: written); a failure is reported and returned."""
+        try:
+            if self.admission:
+                self._adopt(kind, live, d)
+            self.kube.apply(kind, d.namespace, d.name, d.body)
+        except Exception as exc:  # noqa: BLE001 - reported, retried by the caller
+            metrics.RECONCILE_ERRORS.labels("apply").inc()
+            # The API's error body can echo the object; the warmer copies the serving
+            # env, so a literal token there must never reach a log, an Event or status.
+            msg = redact(f"{d.action} {kind.kind}/{d.name} failed: {getattr(exc, 'reason', '')} "
+                         f"{getattr(exc, 'body', exc)}", env_literals(kind, live))
+            log.warning(msg)
+            self._apply_failed(kind, live, d, crs, msg)
+            return Outcome(d, error=msg, status=getattr(exc, "status", None))
+        fault_point("applied")
+        self.apply_errors.pop((kind.kind, d.namespace, d.name), None)
+        return None
+
+    def _announce_applied(self, kind: WorkloadKind, live: Any, d: Decision, crs: list[CRRecord]) -> None:
         verb = "Injected" if d.action == "inject" else "Removed"
         text = (f"kernel warmup from KernelWarmup {d.owner} (hash {d.hash})" if d.action == "inject"
                 else "kernel warmup injection removed")
@@ -156,7 +172,10 @@ class Controller:
             self.emit(cr_ref(owner), "Normal", verb, f"{kind.kind}/{d.name}: {text}")
         for w in d.warnings:
             self.emit(ref(live, kind), "Warning", "KernelWarmupWarning", w)
-        return Outcome(d, applied=True)
+
+    def stuck_for(self) -> float:
+        """Seconds the longest reconcile in progress has run (liveness: handlers.py)."""
+        return self._flight.oldest_run_s()
 
     def _record(self, kind: WorkloadKind, d: Decision) -> Outcome:
         """Write what the injection was made from onto the workload (its metadata: no

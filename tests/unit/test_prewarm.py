@@ -233,3 +233,46 @@ def test_job_names_are_deterministic_and_distinct():
 ])
 def test_admission_hash(use, desired, live, passed, expected):
     assert pw.admission_hash(pw.Plan(use), desired, live, passed) == expected
+
+
+def test_a_kernelwarmup_name_over_63_characters_still_labels_its_jobs():
+    """Issue 25, Low: a KernelWarmup name over 63 characters could never prewarm (the API
+    refused its Job's label with a raw 422)."""
+    import re
+    base = dict(cr_uid="u", kind="Deployment", workload="llm", namespace="ns", hash="h1", template={},
+                fragment={"spec": {"initContainers": [{"name": names.BOOTSTRAP_CONTAINER}, {"name": names.WARMER_CONTAINER}],
+                                  "volumes": []}}, timeout_s=60)
+    label_value = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    for name in ("kw", "k" * 63, "k" * 64, "a-" * 126 + "b"):
+        value = pw.cr_label(name)
+        assert len(value) <= 63 and label_value.match(value), name
+        assert value == name if len(name) <= 63 else value != pw.cr_label(name + "x")
+        job = pw.build_job(pw.JobRequest(cr_name=name, **base))
+        assert job["metadata"]["labels"][names.LABEL_PREWARM_CR] == value
+
+
+def prewarm_job(cr, target, deleting=False):
+    meta = {"name": f"j-{cr}-{target}", "labels": {names.LABEL_PREWARM_CR: cr, names.LABEL_PREWARM_TARGET: target}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-27T12:00:00Z"
+    return {"metadata": meta}
+
+
+@pytest.mark.parametrize("planned, jobs, reason_scope", [
+    (64, [], None),
+    (65, [], "this KernelWarmup"),
+    (10, [prewarm_job("kw", "other")] * 55, "this KernelWarmup"),  # its other targets' Jobs count
+    (10, [prewarm_job("kw", "t")] * 60, None),  # this target's old Jobs are superseded
+    (10, [prewarm_job("kw", "other", deleting=True)] * 60, None),  # being deleted: gone
+    (10, [prewarm_job("kw2", "x")] * 119, "this namespace"),
+    (10, [prewarm_job("kw2", "x")] * 118, None),
+])
+def test_prewarm_jobs_are_bounded_per_kernelwarmup_and_namespace(planned, jobs, reason_scope):
+    """Issue 25 item 3: one KernelWarmup over 150 GPU nodes made 150 Jobs per edit."""
+    problem = pw.bounds_problem(pw.JobBounds(64, 128), planned, "t", "kw", jobs, "Deployment/llm")
+    if reason_scope is None:
+        assert problem is None
+    else:
+        assert problem.reason == "PrewarmTooManyJobs" and reason_scope in problem.message
+        assert problem.field == "spec.prewarm.nodes" and "prewarm.maxJobsPer" in problem.message
+    assert pw.bounds_problem(pw.JobBounds(0, 0), 10_000, "t", "kw", jobs, "Deployment/llm") is None

@@ -130,3 +130,61 @@ def test_the_prewarmer_forgets_finished_jobs_that_are_gone():
             assert p.gate(DEPLOYMENT, live, d, cr, spec).action == "apply"
         assert p._announced == {f"uid{i}"} and set(p._summaries) == {f"uid{i}"}
     assert events == ["PrewarmSucceeded"] * 50
+
+
+def _jobs_world(n_running, pods):
+    """A target with ``n_running`` running Jobs of hash h1 (and the given Pods), counting calls."""
+    from warmup_operator.core import names
+
+    def running(i):
+        return {"metadata": {"name": f"kwp-{i}", "uid": f"uid{i}", "labels": {names.LABEL_PREWARM_HASH: "h1"},
+                             "creationTimestamp": NOW}, "status": {"startTime": NOW}}
+
+    class Api:
+        calls: list = []
+
+        def list_jobs(self, namespace, selector):
+            self.calls.append("list_jobs")
+            return [running(i) for i in range(n_running)]
+
+        def list_pods(self, namespace, selector):
+            self.calls.append("list_pods")
+            return pods
+
+    return Api()
+
+
+def _gate(api, summaries=None):
+    from warmup_operator.core.kinds import DEPLOYMENT
+    cache = {"persistentVolumeClaim": {"claimName": "c"}}
+    cr = CRRecord("kw", "ns", uid="u", spec=spec_doc(cache=cache))
+    live = {"metadata": {"name": "llm", "namespace": "ns"},
+            "spec": {"template": {"spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}}}
+    p = Prewarmer(api, lambda *a: None, "img")
+    d = Decision("inject", "Deployment", "llm", "ns", owner="kw", hash="h1")
+    return p, p.gate(DEPLOYMENT, live, d, cr, parse_spec(spec_doc(cache=cache)))
+
+
+def test_the_gate_lists_pods_once_whatever_the_number_of_jobs():
+    """Issue 25 item 3: the holder listed Pods once per running Job (O(Jobs) calls per
+    reconcile, O(Jobs^2) per burst of Job events); now one list for all of a target's Jobs."""
+    for n in (1, 10, 150):
+        api = _jobs_world(n, [])
+        _, verdict = _gate(api)
+        assert verdict.action == "hold" and api.calls == ["list_jobs", "list_pods"], (n, api.calls)
+        api.calls.clear()
+
+
+def test_a_pod_with_the_jobs_label_but_not_owned_by_it_is_not_read():
+    """Issue 25, Low: the prewarm summary came from any Pod carrying the Job's name label."""
+    import json
+
+    from warmup_operator.core import names
+    from warmup_operator.core.prewarm import pods_by_job
+
+    summary = json.dumps({"schema": 1, "status": "failed"})
+    forged = {"metadata": {"name": "forged", "labels": {names.LABEL_JOB_NAME: "kwp-0"}},
+              "status": {"containerStatuses": [{"state": {"terminated": {"message": summary}}}]}}
+    owned = {"metadata": {"name": "real", "ownerReferences": [{"kind": "Job", "uid": "uid0", "controller": True}]}}
+    not_controller = {"metadata": {"name": "x", "ownerReferences": [{"kind": "Job", "uid": "uid0"}]}}
+    assert pods_by_job([forged, owned, not_controller]) == {"uid0": [owned]}

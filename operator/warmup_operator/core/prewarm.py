@@ -142,6 +142,42 @@ def target_label(kind: str, workload: str) -> str:
     return digest([kind, workload])
 
 
+def cr_label(cr_name: str) -> str:
+    """The KernelWarmup's name as a label value (at most 63 characters: a longer name, up to
+    the 253 an object name may have, is cut and made unique with its digest)."""
+    if len(cr_name) <= 63:
+        return cr_name
+    return f"{cr_name[:50].rstrip('-.')}-{digest([cr_name])[:12]}"
+
+
+@dataclass(frozen=True)
+class JobBounds:
+    """Install-time bounds on prewarm Jobs (chart values prewarm.maxJobsPerKernelWarmup and
+    prewarm.maxJobsPerNamespace): one KernelWarmup over a large node pool cannot fill a
+    namespace, or the cluster, with Jobs. 0: no bound."""
+
+    per_kernelwarmup: int = 64
+    per_namespace: int = 128
+
+
+def bounds_problem(bounds: JobBounds, planned: int, target_label_: str, cr_name: str, jobs: list[dict],
+                   target: str) -> Optional[Problem]:
+    """Whether ``planned`` new Jobs for one target exceed the bounds, counting the
+    namespace's live prewarm Jobs (``jobs``) of other targets (this target's are superseded)."""
+    live = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")
+            and ((j.get("metadata") or {}).get("labels") or {}).get(names.LABEL_PREWARM_TARGET) != target_label_]
+    mine = [j for j in live if (j["metadata"].get("labels") or {}).get(names.LABEL_PREWARM_CR) == cr_label(cr_name)]
+    for count, bound, scope, value in ((len(mine) + planned, bounds.per_kernelwarmup, "this KernelWarmup",
+                                        "prewarm.maxJobsPerKernelWarmup"),
+                                       (len(live) + planned, bounds.per_namespace, "this namespace",
+                                        "prewarm.maxJobsPerNamespace")):
+        if bound and count > bound:
+            return Problem("spec.prewarm.nodes", f"prewarm of {target} needs {planned} Job(s), {count} for {scope}, "
+                           f"over the operator's bound of {bound}: narrow spec.prewarm.nodes.selector, or ask the "
+                           f"installer to raise chart value {value}", "PrewarmTooManyJobs")
+    return None
+
+
 def job_name(req: JobRequest) -> str:
     """Deterministic (a restarted operator finds its Job), <= 63 characters (the Job
     controller puts it into a label), unique per KernelWarmup, target, hash and node."""
@@ -152,7 +188,7 @@ def job_name(req: JobRequest) -> str:
 def build_job(req: JobRequest) -> dict:
     """The Job that runs the injected warmer with the new spec in the serving image, on the
     serving container's GPUs, where the workload's Pods may run, with the cache volume."""
-    labels = {names.LABEL_PREWARM_CR: req.cr_name, names.LABEL_PREWARM_TARGET: target_label(req.kind, req.workload),
+    labels = {names.LABEL_PREWARM_CR: cr_label(req.cr_name), names.LABEL_PREWARM_TARGET: target_label(req.kind, req.workload),
               names.LABEL_PREWARM_HASH: req.hash}
     annotations = {names.ANN_PREWARM_TARGET: f"{req.kind}/{req.workload}"}
     if req.node:
@@ -285,6 +321,17 @@ class JobResult:
     state: JobState
     summary: Optional[dict] = None  # from the Job's Pod, once it finished
     unschedulable: Optional[str] = None  # the scheduler's words, while it cannot place the Pod
+
+
+def pods_by_job(pods: list[dict]) -> dict[str, list[dict]]:
+    """Pods by the uid of the Job that controls them (its controller ownerReference): a Pod
+    that only carries a Job's labels is no Pod of that Job, and its summary is not read."""
+    out: dict[str, list[dict]] = {}
+    for p in pods:
+        for o in (p.get("metadata") or {}).get("ownerReferences") or []:
+            if o.get("kind") == "Job" and o.get("controller") and o.get("uid"):
+                out.setdefault(str(o["uid"]), []).append(p)
+    return out
 
 
 def result_failed(r: JobResult) -> bool:
