@@ -51,7 +51,7 @@ def _snapshot(body: Any) -> dict:
         "metadata": {**{k: copy.deepcopy(meta.get(k)) for k in ("name", "namespace", "uid", "labels")
                         if meta.get(k) is not None},
                      "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
-                                     if k in (OPT_IN, names.ANN_INPUTS)}},
+                                     if k == OPT_IN}},
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
         "status": {k: copy.deepcopy((body.get("status") or {}).get(k))
                    for k in ("replicas", "readyReplicas", "updatedReplicas", "conditions")},

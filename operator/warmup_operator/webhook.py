@@ -86,7 +86,7 @@ def _admission(kind: WorkloadKind, ctl: Any, obj: dict, crs: list[CRRecord], eve
 def _record_inputs(inputs: str, body: dict) -> None:
     """What the injection was made from, on the workload's metadata (core/decide.py)."""
     meta = body.setdefault("metadata", {})
-    meta["annotations"] = {**(meta.get("annotations") or {}), names.ANN_INPUTS: inputs}
+    meta["labels"] = {**(meta.get("labels") or {}), names.LABEL_INPUTS: inputs}
 
 
 def _set(path: tuple[str, ...], value: dict, body: dict) -> None:

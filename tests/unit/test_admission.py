@@ -71,7 +71,7 @@ def admitted(obj: dict) -> dict:
         out["spec"]["template"] = t
         assert path == ("spec", "template")
     if adm.inputs:  # as the webhook writes it (webhook._record_inputs)
-        out["metadata"].setdefault("annotations", {})[names.ANN_INPUTS] = adm.inputs
+        out["metadata"].setdefault("labels", {})[names.LABEL_INPUTS] = adm.inputs
     return out
 
 
@@ -147,3 +147,18 @@ def test_missed_admission_says_why():
     assert "annotation only" in missed_admission(CR, deployment(user_template(), label_opt_in=False))
     changed = CRRecord("kw", "ns", generation=2, spec=CR.spec, observed_generation=1)
     assert missed_admission(changed, deployment(user_template())) is None  # the KernelWarmup changed: expected
+
+
+def test_the_webhook_never_tells_an_owner_to_opt_into_a_kernelwarmup_that_selects_them():
+    """Issue 25, Low: a workload opted into its own KernelWarmup and selected by another got
+    a Warning with the command to opt into the other one (anyone who may create a
+    KernelWarmup could have it shown to the workload's owner)."""
+    from warmup_operator.core.admission import admit
+    from warmup_operator.core.trust import OPT_IN
+
+    obj = deployment(user_template())
+    obj["metadata"].setdefault("annotations", {})[OPT_IN] = "their-kw"
+    evil = CRRecord(name="evil", namespace=CR.namespace, uid="e", created=CR.created, spec=CR.spec)
+    adm = admit(DEPLOYMENT, obj, decide(DEPLOYMENT, obj, [evil]))
+    assert not adm.templates and "'evil'" in adm.note and "did not opt into it" in adm.note
+    assert "kubectl" not in adm.note and "=evil" not in adm.note

@@ -45,8 +45,8 @@ def applied(obj, d):
     out = copy.deepcopy(obj)
     if "spec" in d.body:
         out["spec"]["template"] = apply_fragment(obj["spec"]["template"], d.body["spec"]["template"])
-    ann = (d.body["metadata"].get("annotations") or {})
-    out["metadata"]["annotations"] = {**(out["metadata"].get("annotations") or {}), **ann}
+    labels = (d.body["metadata"].get("labels") or {})
+    out["metadata"]["labels"] = {**(out["metadata"].get("labels") or {}), **labels}
     return out
 
 
@@ -54,7 +54,8 @@ def test_inject_then_nothing_to_do():
     d = decide(DEPLOYMENT, deployment(), [cr()])
     assert d.action == "inject" and d.owner == "kw"
     assert d.body["apiVersion"] == "apps/v1" and d.body["metadata"]["name"] == "llm"
-    assert set(d.body["metadata"]["annotations"]) == {names.ANN_INPUTS}  # the workload's, not the template's
+    assert set(d.body["metadata"]["labels"]) == {names.LABEL_INPUTS}  # the workload's, not the template's
+    assert "annotations" not in d.body["metadata"]  # a Deployment's generation moves with its annotations
     again = decide(DEPLOYMENT, applied(deployment(), d), [cr()])
     assert again.action == "none" and again.hash == d.hash
 
@@ -148,7 +149,7 @@ def _as_an_earlier_version_injected(obj):
     t = old["spec"]["template"]
     t["metadata"]["annotations"][names.ANN_HASH] = "0ld0ld0ld0ld0ld0"
     t["spec"]["containers"][0]["env"].append({"name": names.RETIRED_SERVING_ENV[0], "value": "/c"})
-    del old["metadata"]["annotations"][names.ANN_INPUTS]
+    del old["metadata"]["labels"][names.LABEL_INPUTS]
     return old
 
 

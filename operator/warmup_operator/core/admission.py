@@ -45,12 +45,12 @@ class Admission:
     # template path -> the template to write there (empty: leave the object as written)
     templates: dict[tuple[str, ...], dict] = field(default_factory=dict)
     note: str = ""  # for the log and the write's warnings: why nothing changed, or what did
-    inputs: str = ""  # what the injection is made from, for the workload's ANN_INPUTS (empty: leave it)
+    inputs: str = ""  # what the injection is made from, for the workload's LABEL_INPUTS (empty: leave it)
 
 
 def recorded_inputs(d: Decision) -> str:
     """The digest the decision's body writes on the workload's metadata (core/decide.py)."""
-    return str(get_path(d.body or {}, ("metadata", "annotations", names.ANN_INPUTS)) or "")
+    return str(get_path(d.body or {}, ("metadata", "labels", names.LABEL_INPUTS)) or "")
 
 
 def merge_keyed(live: Any, fragment: Any, list_key: Optional[str] = None) -> Any:
@@ -122,7 +122,7 @@ def admit(kind: WorkloadKind, obj: Mapping[str, Any], d: Decision, gate: Optiona
         return Admission(d, fixed, note="injected values the write had reset put back" if fixed else "",
                          inputs=recorded_inputs(d) if d.record else "")
     if d.action == "none":
-        return Admission(d, note=f"not injected: {d.error}" if d.error and _opted_in(obj) else "")
+        return Admission(d, note=refusal_note(d) if d.error and _opted_in(obj) else "")
     if d.action == "remove":
         return Admission(d, {p: uninject.user_view(t) for p, t in tmpls}, note="injection removed")
     held = gate(d) if gate is not None else None
@@ -130,6 +130,16 @@ def admit(kind: WorkloadKind, obj: Mapping[str, Any], d: Decision, gate: Optiona
         return Admission(d, note=f"injection held back: {held}")
     new = {p: injected_template(t, get_path(d.body or {}, p) or {}) for p, t in tmpls}
     return Admission(d, new, note=f"injected from KernelWarmup {d.owner} (hash {d.hash})", inputs=recorded_inputs(d))
+
+
+def refusal_note(d: Decision) -> str:
+    """Why the write was not injected, for the workload's owner. A KernelWarmup the workload
+    did not opt into is named but never recommended: whoever may create a KernelWarmup
+    could otherwise make the webhook ask the owner to opt into theirs."""
+    if getattr(d.error, "reason", "") == "NotOptedIn":
+        return (f"not injected: KernelWarmup {d.owner!r} selects this workload, which did not opt into it; "
+                "ignored (the opt-in label or annotation decides)")
+    return f"not injected: {d.error}"
 
 
 def _opted_in(obj: Mapping[str, Any]) -> bool:

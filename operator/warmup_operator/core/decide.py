@@ -86,7 +86,7 @@ def apply_body(kind: WorkloadKind, name: str, namespace: str, template_fragments
                inputs: Optional[str] = None) -> dict:
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if inputs:
-        meta["annotations"] = {names.ANN_INPUTS: inputs}
+        meta["labels"] = {names.LABEL_INPUTS: inputs}
     return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta, **template_fragments}
 
 
@@ -192,7 +192,7 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
 
 
 def _recorded(obj: Any) -> Optional[str]:
-    return ((obj.get("metadata") or {}).get("annotations") or {}).get(names.ANN_INPUTS)
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_INPUTS)
 
 
 def _parsed_specs(crs: list[CRRecord]) -> list[tuple[CRRecord, KernelWarmupSpec]]:

@@ -21,10 +21,11 @@ FINALIZER = f"{GROUP}/finalizer"
 # Pod-template annotations (they reach the Pods, which is how Pods are tied to a CR).
 ANN_HASH = f"{GROUP}/injection-hash"
 ANN_INJECTED_BY = f"{GROUP}/injected-by"
-# Workload annotation (not the template's: writing it rolls nothing out): a digest of what
-# the injection was built from (core/decide.py's inputs_digest), so an operator upgrade whose
-# injection differs keeps a workload's live injection until the workload or its CR changes.
-ANN_INPUTS = f"{GROUP}/injected-from"
+# Workload label (not the template's, and not an annotation: a Deployment's generation moves
+# with its annotations, never with its labels): a digest of what the injection was built
+# from (core/decide.py's inputs_digest), so an operator upgrade whose injection differs keeps
+# a workload's live injection until the workload or its CR changes.
+LABEL_INPUTS = f"{GROUP}/injected-from"
 
 BOOTSTRAP_CONTAINER = "kernel-warmup-bootstrap"
 WARMER_CONTAINER = "kernel-warmup-warmer"
