@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from kernel_warmer import engine as vllm_facts
+from kernel_warmer import heads
 from kernel_warmer.errors import FieldError
 
 SPEC_ENV = "KERNEL_WARMER_SPEC"
@@ -39,6 +40,13 @@ EngineWarmup = Literal["auto", "always", "never"]
 
 class SpecError(FieldError):
     """A spec field is missing or wrong; ``field`` is its dotted path."""
+
+
+# Bounds on a model's shapes (a config.json's or explicit layers'): well above any released
+# model, low enough that a hostile value cannot make a plan of millions of variants.
+MAX_HEADS = 1 << 16
+MAX_HEAD_SIZE = 1 << 13
+MAX_LAYERS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,19 @@ class ModelSource:
     def __post_init__(self) -> None:
         if (self.config_path is None) == (self.layers is None):
             raise SpecError("configPath", "set exactly one of configPath or layers")
+        total = 0
+        for i, layer in enumerate(self.layers or []):
+            where = f"layers[{i}]"
+            for name, value, limit in (("numHeads", layer.num_heads, MAX_HEADS),
+                                       ("numKvHeads", layer.num_kv_heads, MAX_HEADS),
+                                       ("headSize", layer.head_size, MAX_HEAD_SIZE), ("count", layer.count, MAX_LAYERS)):
+                if value < 1:
+                    raise SpecError(f"{where}.{name}", f"must be >= 1, got {value}")
+                if value > limit:
+                    raise SpecError(f"{where}.{name}", f"{value} is implausibly large (limit {limit})")
+            total += layer.count
+            if total > MAX_LAYERS:
+                raise SpecError(f"{where}.count", f"the layers add up to more than {MAX_LAYERS}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +194,9 @@ class WarmerSpec:
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise SpecError("tensorParallelSize", "must be >= 1")
+        split = heads.SplitFields("tensorParallelSize", "tensorParallelSize", SpecError)
+        for layer in self.model.layers or []:  # a config.json's heads are checked where it is read
+            heads.per_rank_heads(layer.num_heads, layer.num_kv_heads, self.tensor_parallel_size, split)
         if self.timeout_seconds < 1:
             raise SpecError("timeoutSeconds", "must be >= 1")
 

@@ -295,23 +295,33 @@ def test_summaries_count_only_from_the_targets_own_pods(cluster, operator):
     assert not [e for e in events_for(cluster, "warm-k", "WarmupFailed") if "forged" in e.get("message", "")]
 
 
-def test_one_cache_one_mount_path_cluster_wide(cluster, operator):
-    """Triton's group files hold absolute paths: a second KernelWarmup (another namespace)
-    mounting the same node folder elsewhere would make the two flip between warm and cold."""
+def _cache_volume(cluster, name: str, ns: str) -> dict:
+    return next(v for v in template_of(cluster, name, ns)["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
+
+
+def test_a_node_folder_is_one_cache_per_namespace(cluster, operator):
+    """Issue 25 item 2: one node folder was one read-write cache for every namespace's servers
+    (and an idle KernelWarmup elsewhere could squat its mount path). Each namespace now gets
+    its own sub-folder; within one, Triton's absolute paths still make it one mount path."""
     cache = {"hostPath": {"path": SHARED}}  # other tests' KernelWarmups use the default folder
     other_ns = namespace(cluster, "trust-other")
     apply(cluster, vllm_deployment("srv", other_ns, opt_in="first"))
     apply(cluster, kernelwarmup("first", other_ns, targets={"names": ["srv"]}, cache={"mountPath": "/cache-a", **cache}))
     wait_for("the first injection", lambda: names.ANN_HASH in (template_of(cluster, "srv", other_ns)["metadata"]
                                                                .get("annotations") or {}))
-    before = victim(cluster, "victim-l", opt_in="warm-l")
+    victim(cluster, "victim-l", opt_in="warm-l")
     apply(cluster, kernelwarmup("warm-l", NS, targets={"names": ["victim-l"]}, cache={"mountPath": "/cache-b", **cache}))
-    entry = refused(cluster, "warm-l", "victim-l", "CacheMountPathConflict")
-    assert "/cache-a" in entry["message"] and "trust-other/first" in entry["message"]
-    assert_unchanged(cluster, "victim-l", before)
-    apply(cluster, kernelwarmup("warm-l", NS, targets={"names": ["victim-l"]}, cache={"mountPath": "/cache-a", **cache}))
-    wait_for("injection at the same path", lambda: names.ANN_HASH in (template_of(cluster, "victim-l", NS)["metadata"]
-                                                                      .get("annotations") or {}))
+    wait_for("injected at its own path", lambda: names.ANN_HASH in (template_of(cluster, "victim-l", NS)["metadata"]
+                                                                    .get("annotations") or {}))
+    assert _cache_volume(cluster, "srv", other_ns)["hostPath"] == {"path": f"{SHARED}/trust-other",
+                                                                   "type": "DirectoryOrCreate"}
+    assert _cache_volume(cluster, "victim-l", NS)["hostPath"]["path"] == f"{SHARED}/{NS}"
+    # One namespace's folder, two mount paths: refused, naming the path to use.
+    before = victim(cluster, "victim-l2", opt_in="warm-l2")
+    apply(cluster, kernelwarmup("warm-l2", NS, targets={"names": ["victim-l2"]}, cache={"mountPath": "/cache-c", **cache}))
+    entry = refused(cluster, "warm-l2", "victim-l2", "CacheMountPathConflict")
+    assert "/cache-b" in entry["message"] and f"{NS}/warm-l" in entry["message"]
+    assert_unchanged(cluster, "victim-l2", before)
 
 
 def test_a_workload_whose_pods_cannot_be_created_is_reported(cluster, operator):

@@ -13,7 +13,7 @@ from kernel_warmer.spec import SPEC_ENV, WarmerSpec
 from warmup_operator.core import names
 from warmup_operator.core.containers import InjectionError
 from warmup_operator.core.inject import build_injection
-from warmup_operator.core.kernelwarmup import parse_spec
+from warmup_operator.core.kernelwarmup import SpecInvalid, parse_spec
 from warmup_operator.core.uninject import removal_fragment, user_view
 
 
@@ -168,10 +168,12 @@ def test_hash_changes_with_spec_and_with_serving_image_only_when_relevant():
 
 
 def test_warmer_resources_override_keeps_gpus():
-    s = spec(warmer={"resources": {"limits": {"memory": "16Gi", "nvidia.com/gpu": 0}}})
+    s = spec(warmer={"resources": {"limits": {"memory": "16Gi"}}})
     inj = build_injection(s, template(container(gpus=4)), cr_name="kw")
     warmer = inj.fragment["spec"]["initContainers"][1]
     assert warmer["resources"]["limits"] == {"nvidia.com/gpu": 4, "memory": "16Gi"}
+    with pytest.raises(SpecInvalid):  # a GPU count of the CR's own is refused (issue 25): they follow the server
+        spec(warmer={"resources": {"limits": {"nvidia.com/gpu": 0}}})
 
 
 def test_warmer_image_override_and_python():

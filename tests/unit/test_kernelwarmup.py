@@ -64,3 +64,60 @@ def test_a_cache_mount_that_hides_the_images_own_files_is_refused(mount):
                                    "/opt/kw-cache", "/tmp/kw", "/var/cache/kw"])
 def test_a_cache_folder_of_its_own_is_accepted(mount):
     assert parse_spec(spec_doc(cache={"mountPath": mount})).cache.mount_path == mount
+
+
+@pytest.mark.parametrize("layers, tp, field, text", [
+    ([{"numHeads": 28, "numKvHeads": 4, "headSize": 128}], 8, "spec.tensorParallelSize", "not divisible"),
+    ([{"numHeads": 32, "numKvHeads": 8, "headSize": 128}], 3, "spec.tensorParallelSize", "not divisible"),
+    ([{"numHeads": 32, "numKvHeads": 8, "headSize": 128, "count": 2_000_000}], 1, "spec.model.layers[0].count",
+     "implausibly large"),
+    ([{"numHeads": 32, "numKvHeads": 8, "headSize": 128, "count": 40_000}] * 2, 1, "spec.model.layers[1].count",
+     "add up"),
+    ([{"numHeads": 0, "numKvHeads": 8, "headSize": 128}], 1, "spec.model.layers[0].numHeads", ">= 1"),
+])
+def test_explicit_layers_that_cannot_run_are_refused_before_the_injection(layers, tp, field, text):
+    """Issue 25, Low: a TP that does not divide the layers' heads, or 2M layers, was injected
+    with Ready True and failed only at warmup."""
+    with pytest.raises(SpecInvalid) as ei:
+        parse_spec(spec_doc(model={"layers": layers}, tensorParallelSize=tp))
+    assert ei.value.field == field and text in ei.value.message, (ei.value.field, ei.value.message)
+
+
+def test_explicit_layers_that_split_evenly_are_accepted():
+    spec = parse_spec(spec_doc(model={"layers": [{"numHeads": 32, "numKvHeads": 8, "headSize": 128, "count": 32}]},
+                               tensorParallelSize=8))
+    assert spec.warmer.tensor_parallel_size == 8
+
+
+@pytest.mark.parametrize("resources, field", [
+    ({"limits": {"nvidia.com/gpu": 8}}, "spec.warmer.resources.limits[nvidia.com/gpu]"),
+    ({"requests": {"example.com/fpga": 1}}, "spec.warmer.resources.requests[example.com/fpga]"),
+    ({"limits": {"memory": "100Ti"}}, "spec.warmer.resources.limits[memory]"),
+    ({"requests": {"cpu": "100000"}}, "spec.warmer.resources.requests[cpu]"),
+    ({"requests": {"cpu": "lots"}}, "spec.warmer.resources.requests[cpu]"),
+    ({"claims": [{"name": "x"}]}, "spec.warmer.resources.claims"),
+])
+def test_warmer_resources_are_bounded(resources, field):
+    """Issue 25, Low: spec.warmer.resources accepted any size or extended resource."""
+    with pytest.raises(SpecInvalid) as ei:
+        parse_spec(spec_doc(warmer={"resources": resources}))
+    assert ei.value.field == field, (ei.value.field, ei.value.message)
+
+
+def test_ordinary_warmer_resources_are_kept():
+    res = {"requests": {"cpu": "500m", "memory": "8Gi"}, "limits": {"memory": "16Gi", "ephemeral-storage": "20G"}}
+    assert parse_spec(spec_doc(warmer={"resources": res})).container.resources == res
+
+
+@pytest.mark.parametrize("empty_dir, ok", [
+    ({"medium": "Memory"}, False), ({"medium": "Memory", "sizeLimit": "1Ti"}, False),
+    ({"medium": "Memory", "sizeLimit": "8Gi"}, True), ({}, True), ({"sizeLimit": "1Ti"}, True),
+])
+def test_a_memory_cache_needs_a_bounded_size(empty_dir, ok):
+    doc = spec_doc(cache={"emptyDir": empty_dir})
+    if ok:
+        assert parse_spec(doc).cache.source == {"emptyDir": empty_dir}
+    else:
+        with pytest.raises(SpecInvalid) as ei:
+            parse_spec(doc)
+        assert ei.value.field == "spec.cache.emptyDir.sizeLimit"

@@ -28,7 +28,7 @@ def load(case: str, name: str) -> dict:
 
 def job_and_injection(case: str) -> tuple[dict, dict, dict]:
     template, r = load(case, "template.json"), load(case, "request.json")
-    spec = parse_spec(load(case, "kernelwarmup-spec.json"))
+    spec = parse_spec(load(case, "kernelwarmup-spec.json"), r["namespace"])
     inj = build_injection(spec, template, cr_name=r["cr"], default_bootstrap_image="registry.local/kernel-warmup:1")
     req = prewarm.JobRequest(r["cr"], r["uid"], r["kind"], r["workload"], r["namespace"], inj.hash, template,
                              inj.fragment, prewarm.timeout_of(spec), r["node"])

@@ -157,7 +157,7 @@ def test_hostpath_outside_the_allow_list_is_refused(path):
 def test_allowed_hostpath_is_mounted():
     d = decide(DEPLOYMENT, workload("kw"), [cr(cache={"hostPath": {"path": "/var/cache/kernel-warmup"}})])
     vol = next(v for v in d.body["spec"]["template"]["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
-    assert d.action == "inject" and vol["hostPath"]["path"] == "/var/cache/kernel-warmup"
+    assert d.action == "inject" and vol["hostPath"]["path"] == "/var/cache/kernel-warmup/ns"  # its namespace's folder
     with pytest.raises(ValueError):
         check_hostpath({"hostPath": {"path": "/var/cache/kernel-warmup"}}, TrustPolicy(hostpath_allowed=()))
 
@@ -224,7 +224,8 @@ HP = {"hostPath": {"path": "/var/cache/kernel-warmup"}}
 
 
 @pytest.mark.parametrize("other_ns, other_source, refused", [
-    ("elsewhere", HP, True),  # a node folder is one cache cluster-wide
+    ("ns", HP, True),  # a node folder is one cache per namespace
+    ("elsewhere", HP, False),  # another namespace's sub-folder: another cache, no squatting (issue 25)
     ("ns", {"persistentVolumeClaim": {"claimName": "c"}}, False),
     ("elsewhere", {"emptyDir": {}}, False),
 ])
@@ -234,12 +235,28 @@ def test_a_cache_mounted_at_another_path_by_an_older_kernelwarmup_is_refused(oth
     d = decide(DEPLOYMENT, workload("kw"), [newer], cluster_crs=[older, newer])
     assert (d.error is not None and d.error.reason == "CacheMountPathConflict") == refused
     if refused:
-        assert "/cache-a" in str(d.error) and "elsewhere/first" in str(d.error) and d.action == "none"
+        assert "/cache-a" in str(d.error) and "ns/first" in str(d.error) and d.action == "none"
+        assert "hostPath /var/cache/kernel-warmup/ns" in str(d.error)
 
 
 def test_the_older_kernelwarmup_keeps_its_mount_path_and_a_same_path_peer_is_fine():
     older = cache_cr("kw", "ns", "2026-01-01T00:00:00Z", "/cache-a", HP)
-    newer = cache_cr("second", "elsewhere", "2026-02-01T00:00:00Z", "/cache-b", HP)
+    newer = cache_cr("second", "ns", "2026-02-01T00:00:00Z", "/cache-b", HP)
     assert decide(DEPLOYMENT, workload("kw"), [older], cluster_crs=[older, newer]).action == "inject"
-    same = cache_cr("third", "elsewhere", "2025-01-01T00:00:00Z", "/cache-a", HP)
+    same = cache_cr("third", "ns", "2025-01-01T00:00:00Z", "/cache-a", HP)
     assert decide(DEPLOYMENT, workload("kw"), [older], cluster_crs=[older, same]).action == "inject"
+
+
+def test_a_node_folder_is_mounted_as_the_namespaces_own_sub_folder():
+    """Issue 25 item 2: every namespace's servers shared one read-write node folder, so one
+    tenant could plant code another's vLLM loads; now each namespace mounts its own."""
+    for ns in ("team-a", "team-b"):
+        cr = CRRecord(name="kw", namespace=ns, uid="u" + ns, created="2026-01-01T00:00:00Z",
+                      spec={"targets": {"names": ["llm"]}, "model": {"configPath": "/m/config.json"},
+                            "cache": {"hostPath": {"path": "/var/cache/kernel-warmup"}}})
+        obj = workload("kw")
+        obj["metadata"]["namespace"] = ns
+        d = decide(DEPLOYMENT, obj, [cr])
+        vol = next(v for v in d.body["spec"]["template"]["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
+        assert d.action == "inject" and vol["hostPath"] == {"path": f"/var/cache/kernel-warmup/{ns}",
+                                                            "type": "DirectoryOrCreate"}

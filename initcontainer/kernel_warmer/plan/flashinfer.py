@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kernel_warmer.errors import FieldError
-from kernel_warmer.plan import tp as tp_split
+from kernel_warmer import heads as tp_split
 from kernel_warmer.plan.model import ModelArch
-from kernel_warmer.plan.tp import SplitFields
+from kernel_warmer.heads import SplitFields
 from kernel_warmer.gpu import GpuFacts
 from kernel_warmer.spec import EngineSection, WarmerSpec
 from kernel_warmer.versions import VllmFacts

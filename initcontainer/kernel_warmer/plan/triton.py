@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kernel_warmer.engine import VLLM_RELEASES
-from kernel_warmer.plan import tp as tp_split
+from kernel_warmer import heads as tp_split
 from kernel_warmer.plan.model import DTYPES, AttentionLayer, ConfigError, ModelArch, VisionTower
-from kernel_warmer.plan.tp import SplitFields
+from kernel_warmer.heads import SplitFields
 from kernel_warmer.spec import EngineSection
 
 NO_WINDOW = (-1, -1)

@@ -43,7 +43,7 @@ class CRRecord:
         )
 
     def parsed(self) -> Union[KernelWarmupSpec, SpecInvalid]:
-        return _parse_cached(json.dumps(self.spec, sort_keys=True))
+        return _parse_cached(json.dumps(self.spec, sort_keys=True), self.namespace)
 
 
 def cr_ref(cr: CRRecord) -> dict:
@@ -53,10 +53,10 @@ def cr_ref(cr: CRRecord) -> dict:
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_cached(spec_json: str) -> Union[KernelWarmupSpec, SpecInvalid]:
+def _parse_cached(spec_json: str, namespace: str) -> Union[KernelWarmupSpec, SpecInvalid]:
     """Specs are parsed once per content: every workload event consults every CR."""
     try:
-        return parse_spec(json.loads(spec_json))
+        return parse_spec(json.loads(spec_json), namespace)
     except SpecInvalid as exc:
         return exc
 

@@ -72,7 +72,7 @@ def build_injection(spec: KernelWarmupSpec, user_template: dict, *, cr_name: str
     warmer = warmer_container(spec, serving, warmer_env(serving, warmer_spec.to_json()))
     body = {"spec": {
         "initContainers": [bootstrap_container(default_bootstrap_image), warmer],
-        "volumes": pod_volumes(spec.cache.source),
+        "volumes": pod_volumes(spec.cache.volume()),
         "containers": [serving_patch(serving["name"], env, mount)],
     }}
     fragment, h = annotate(body, cr_name)

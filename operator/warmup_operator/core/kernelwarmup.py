@@ -9,6 +9,7 @@ relies on, so a CR written before a schema change gets a clear error, not a cras
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import posixpath
 import re
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Optional
 
 from kernel_warmer.errors import FieldError
 from kernel_warmer.spec import EngineWarmup, SpecError, WarmerSpec, camel
-from warmup_operator.core import names
+from warmup_operator.core import names, quantity
 from warmup_operator.core.kinds import KINDS as WORKLOAD_KINDS
 
 KINDS = tuple(WORKLOAD_KINDS)  # kind names, in the one list's order
@@ -55,8 +56,21 @@ class Targets:
 @dataclass(frozen=True)
 class CacheVolume:
     mount_path: str
-    # The pod volume source, exactly one key: emptyDir, hostPath or persistentVolumeClaim.
+    # The pod volume source as the CR writes it, exactly one key: emptyDir, hostPath or
+    # persistentVolumeClaim (the installer's allow-list is checked against this).
     source: Mapping[str, Any]
+    # The trust domain whose folder of a hostPath cache the Pods mount: the KernelWarmup's
+    # namespace (a PVC is a namespace's already; an emptyDir is the Pod's own).
+    domain: str = ""
+
+    def volume(self) -> dict[str, Any]:
+        """The Pod's volume source: a hostPath cache is the domain's own sub-folder, so no
+        tenant's server loads code another namespace's Pods wrote."""
+        hp = self.source.get("hostPath")
+        if hp is None or not self.domain:
+            return copy.deepcopy(dict(self.source))
+        return {"hostPath": {**copy.deepcopy(dict(hp)), "path": f"{hp['path']}/{self.domain}",
+                             "type": "DirectoryOrCreate"}}
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,7 @@ def shadowed_system_dir(mount: str) -> Optional[str]:
     return None
 
 
-def parse_cache(data: Any) -> CacheVolume:
+def parse_cache(data: Any, domain: str = "") -> CacheVolume:
     where = "spec.cache"
     c = _obj(data, where)
     mount = _str(c, "mountPath", where, "/kernel-warmup-cache") or ""
@@ -188,7 +202,8 @@ def parse_cache(data: Any) -> CacheVolume:
         raise SpecInvalid(f"{where}.hostPath.path", "must be an absolute path")
     if kind == "persistentVolumeClaim" and not source.get("claimName"):
         raise SpecInvalid(f"{where}.persistentVolumeClaim.claimName", "is required")
-    return CacheVolume(mount.rstrip("/"), {kind: dict(source)})
+    check_memory_medium({kind: source}, where)
+    return CacheVolume(mount.rstrip("/"), {kind: dict(source)}, domain)
 
 
 # The CRD's patterns, checked again here: a CR stored before a schema change (or applied
@@ -205,12 +220,46 @@ def _matching(w: Mapping, key: str, where: str, pattern: re.Pattern, what: str, 
     return value
 
 
+# What spec.warmer.resources may set, and at most (the warmer's GPUs and devices are always
+# the serving container's; an author cannot make the warmer ask a node for more than these).
+WARMER_RESOURCES = {"cpu": (256.0, "256"), "memory": (2048 * quantity.GI, "2Ti"),
+                    "ephemeral-storage": (2048 * quantity.GI, "2Ti")}
+# A Memory-medium cache (tmpfs) counts against the node's memory: it needs a sizeLimit, at most this.
+MEMORY_CACHE_MAX = (64 * quantity.GI, "64Gi")
+
+
+def parse_resources(data: Any, where: str) -> dict:
+    res = _obj(data, where)
+    for key in res:
+        if key not in ("limits", "requests"):
+            raise SpecInvalid(f"{where}.{key}", "only limits and requests may be set")
+    for section in ("limits", "requests"):
+        for name, value in _obj(res.get(section), f"{where}.{section}").items():
+            if name not in WARMER_RESOURCES:
+                raise SpecInvalid(f"{where}.{section}[{name}]", f"only {', '.join(WARMER_RESOURCES)} may be set (GPUs and "
+                                  "other devices always follow the serving container)")
+            amount, (bound, shown) = quantity.parse(value), WARMER_RESOURCES[name]
+            if amount is None or amount > bound:
+                raise SpecInvalid(f"{where}.{section}[{name}]", f"{value!r:.40} is not a quantity up to {shown}")
+    return res
+
+
+def check_memory_medium(source: Mapping[str, Any], where: str) -> None:
+    ed = source.get("emptyDir")
+    if not isinstance(ed, Mapping) or ed.get("medium") != "Memory":
+        return
+    size = quantity.parse(ed.get("sizeLimit")) if ed.get("sizeLimit") is not None else None
+    if size is None or size > MEMORY_CACHE_MAX[0]:
+        raise SpecInvalid(f"{where}.emptyDir.sizeLimit", f"a Memory cache needs a sizeLimit up to {MEMORY_CACHE_MAX[1]} "
+                          f"(it is the node's memory), got {ed.get('sizeLimit')!r:.40}")
+
+
 def parse_container(data: Any) -> WarmerContainer:
     """spec.warmer. A ``bootstrapImage`` (a field of older CRDs) is ignored: the bootstrap
     image is the operator's own configuration, never a namespace user's choice."""
     where = "spec.warmer"
     w = _obj(data, where)
-    resources = _obj(w.get("resources"), f"{where}.resources")
+    resources = parse_resources(w.get("resources"), f"{where}.resources")
     pull = _str(w, "imagePullPolicy", where) or None
     if pull is not None and pull not in PULL_POLICIES:
         raise SpecInvalid(f"{where}.imagePullPolicy", f"must be one of {', '.join(PULL_POLICIES)}, got {pull!r:.80}")
@@ -262,8 +311,9 @@ def render_warmer(spec: Mapping[str, Any], cache_dir: str) -> WarmerSpec:
         raise SpecInvalid(f"spec.{path}" if path else "spec", msg) from None
 
 
-def parse_spec(spec: Any) -> KernelWarmupSpec:
-    """Parse a KernelWarmup's ``spec``; raises SpecInvalid naming the field."""
+def parse_spec(spec: Any, namespace: str = "") -> KernelWarmupSpec:
+    """Parse a KernelWarmup's ``spec`` (of ``namespace``: its cache's trust domain); raises
+    SpecInvalid naming the field."""
     spec = _obj(spec, "spec")
     unknown = sorted(set(spec) - set(WARMER_KEYS) - set(OPERATOR_KEYS))
     if unknown:
@@ -271,7 +321,7 @@ def parse_spec(spec: Any) -> KernelWarmupSpec:
     if "model" not in spec:
         raise SpecInvalid("spec.model", "is required (configPath or layers)")
     targets = parse_targets(spec.get("targets"))
-    cache = parse_cache(spec.get("cache"))
+    cache = parse_cache(spec.get("cache"), namespace)
     container = parse_container(spec.get("warmer"))
     serving = _str(spec, "servingContainer", "spec") or None
     site = spec.get("sitecustomize", True)

@@ -148,12 +148,17 @@ def check_spec(spec: Any, policy: TrustPolicy, namespace: str, ns_labels: Option
 
 
 def cache_key(namespace: str, source: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
-    """One shared cache, cluster-wide: a node folder, or a namespace's PVC (emptyDir: none)."""
+    """One shared cache: a node folder's sub-folder of one namespace (its trust domain,
+    ``CacheVolume.volume``), or a namespace's PVC (emptyDir: none)."""
     if "hostPath" in source:
-        return ("hostPath", str(source["hostPath"].get("path", "")))
+        return ("hostPath", str(source["hostPath"].get("path", "")), namespace)
     if "persistentVolumeClaim" in source:
         return ("persistentVolumeClaim", namespace, str(source["persistentVolumeClaim"].get("claimName", "")))
     return None
+
+
+def _described(key: tuple[str, ...]) -> str:
+    return f"hostPath {key[1]}/{key[2]}" if key[0] == "hostPath" else f"{key[0]} {key[-1]}"
 
 
 def check_cache_mount(cr: Any, spec: Any, peers: list[tuple[Any, Any]]) -> None:
@@ -171,6 +176,6 @@ def check_cache_mount(cr: Any, spec: Any, peers: list[tuple[Any, Any]]) -> None:
         if (cache_key(other.namespace, ospec.cache.source) == key and ospec.cache.mount_path != spec.cache.mount_path
                 and (other.created, other.namespace, other.name) < rank):
             raise TrustError("spec.cache.mountPath", f"{spec.cache.mount_path} differs from {ospec.cache.mount_path}, where "
-                             f"KernelWarmup {other.namespace}/{other.name} mounts the same cache ({key[0]} "
-                             f"{key[-1]}); Triton's cache holds absolute paths, so use {ospec.cache.mount_path}",
+                             f"KernelWarmup {other.namespace}/{other.name} mounts the same cache "
+                             f"({_described(key)}); Triton's cache holds absolute paths, so use {ospec.cache.mount_path}",
                              "CacheMountPathConflict")

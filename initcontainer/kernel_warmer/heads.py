@@ -1,4 +1,5 @@
-"""The one tensor-parallel split of attention heads, used by the Triton and FlashInfer plans.
+"""The one tensor-parallel split of attention heads (part of the warmer's contract: the spec checks
+explicit layers with it, the Triton and FlashInfer plans split with it).
 
 vLLM's rule: query heads must divide evenly over the ranks; KV heads are divided, or
 replicated (one per rank) when the tensor-parallel size exceeds their count, which then
