@@ -10,12 +10,12 @@ known enum are created at start, so dashboards and alerts see zeros, not gaps.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Optional
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from kernel_warmer.report import CACHE_STATES, PHASES
+from warmup_operator.bounded import BoundedDict
 from warmup_operator.core.warmup_metrics import LabelBudget, WarmupSample, model_label, sample
 
 disable_created_metrics()  # no *_created series: nothing reads them, and they double the count
@@ -67,17 +67,14 @@ for _reason in ADMISSION_FAILURE_REASONS:
     ADMISSION_FAILURES.labels(_reason)
 
 _budgets = {name: LabelBudget() for name in ("runs", "phases", "failures", "cache", "variants")}
-_seen: set = set()
-_seen_lock = threading.Lock()
+_seen: BoundedDict = BoundedDict()  # the warmer runs counted (Pods are seen many times)
 
 
 def observe_warmup(obs: Any, cr: Optional[Any]) -> bool:
     """Count each finished warmer run once (Pods are seen many times); True if new.
     ``obs`` is a core.status.WarmupObservation, ``cr`` its KernelWarmup's CRRecord."""
-    with _seen_lock:
-        if obs.key in _seen:
-            return False
-        _seen.add(obs.key)
+    if not _seen.add(obs.key):
+        return False
     record(sample(obs, model_label(getattr(cr, "spec", None))))
     return True
 

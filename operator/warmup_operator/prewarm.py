@@ -17,6 +17,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from warmup_operator import metrics
+from warmup_operator.bounded import BoundedDict
 from warmup_operator.core import names
 from warmup_operator.core import prewarm as core
 from warmup_operator.core.decide import CRRecord, Decision, cr_ref
@@ -44,11 +45,11 @@ class Prewarmer:
         self.crs = crs  # every KernelWarmup the operator knows (for hold_reason)
         self.emit = emit
         self.bootstrap_image = bootstrap_image
-        self._views: dict[Key, dict] = {}  # the target's status entry (core.status_entry)
+        self._views: BoundedDict[Key, dict] = BoundedDict()  # the target's status entry (core.status_entry)
         self._announced: set[str] = set()  # Job uids whose end was counted and announced
         self._summaries: dict[str, Optional[dict]] = {}  # Job uid -> its Pod's summary (finished Jobs)
-        self._problems: dict[Key, str] = {}  # the last problem announced per target
-        self._passed: dict[Key, str] = {}  # the hash whose prewarm passed the gate (may be applied)
+        self._problems: BoundedDict[Key, str] = BoundedDict()  # the last problem announced per target
+        self._passed: BoundedDict[Key, str] = BoundedDict()  # the hash whose prewarm passed the gate (may be applied)
         self._job_uids: dict[Key, set[str]] = {}  # per target: the uids kept in _announced/_summaries
         self._lock = threading.Lock()
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from kernel_warmer.faults import fault_point
 from warmup_operator import metrics
+from warmup_operator.bounded import BoundedDict
 from warmup_operator.core import names
 from warmup_operator.core.admission import missed_admission
 from warmup_operator.core.uninject import injected_parts
@@ -71,15 +72,15 @@ class Controller:
         self.emit = emit or (lambda *a: None)
         self._flight: SingleFlight[list[CRRecord], Outcome] = SingleFlight()  # one reconcile per workload
         # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
-        self.apply_errors: dict[tuple[str, str, str], str] = {}
-        self._owners: dict[str, Optional[tuple[str, str, str]]] = {}  # uid -> its controller (immutable)
+        self.apply_errors: BoundedDict[tuple[str, str, str], str] = BoundedDict()
+        self._owners: BoundedDict[str, Optional[tuple[str, str, str]]] = BoundedDict()  # uid -> its controller (immutable)
         # Every KernelWarmup of the cluster (the handlers keep it current from their index);
         # None: only the namespace's are known.
         self.cluster_crs: Optional[list[CRRecord]] = None
         # The admission webhook injects users' writes (issue 13): the controller then adopts
         # what it wrote before changing it, and reports the writes it had to inject itself.
         self.admission = admission
-        self.late: dict[tuple[str, str, str], tuple[str, str]] = {}  # (kind, ns, name) -> (hash, why)
+        self.late: BoundedDict[tuple[str, str, str], tuple[str, str]] = BoundedDict()  # (kind, ns, name) -> (hash, why)
         self.prewarm = Prewarmer(kube, self.emit, bootstrap_image, crs=lambda: self.cluster_crs or [],
                                  bounds=prewarm_bounds)
 
