@@ -17,6 +17,7 @@ LOG_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full
 def main(argv: Optional[Iterable[str]] = None) -> int:
     cfg = config.OperatorConfig.from_args(argv)
     config.use(cfg)
+    handlers.register_resync(cfg.resync_seconds)
     if cfg.kubeconfig:
         from warmup_operator.kube import use_kubeconfig
         use_kubeconfig(cfg.kubeconfig)

@@ -234,10 +234,13 @@ def build_parser(defaults: OperatorConfig) -> argparse.ArgumentParser:
     return ap
 
 
-_current = OperatorConfig.from_env()
+_current: Optional[OperatorConfig] = None  # use() sets it; read from the environment on first use otherwise
 
 
 def current() -> OperatorConfig:
+    global _current
+    if _current is None:
+        _current = OperatorConfig.from_env()
     return _current
 
 

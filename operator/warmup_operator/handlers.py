@@ -75,7 +75,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if config.current().webhook.enabled:  # the admission webhook (issue 13)
         from warmup_operator import webhook
         webhook.configure(settings, config.current().webhook, controller().kube)
-        webhook.gate = controller().prewarm.hold_reason  # issue 17: no write carries a hash still being prewarmed
 
 
 # --- indexes -------------------------------------------------------------------------
@@ -94,7 +93,7 @@ def warmup_index(body: Any, **_: Any) -> Optional[dict]:
 
 def _see_cluster(kw_index: Any) -> None:
     """Hand the controller every KernelWarmup (one cache, one mount path, cluster-wide)."""
-    controller().cluster_crs = [c for ns in list(kw_index) for c in kw_index.get(ns, [])]
+    controller().see_cluster([c for ns in list(kw_index) for c in kw_index.get(ns, [])])
 
 
 def _crs(kw_index: Any, namespace: str, override: Optional[CRRecord] = None,
@@ -159,8 +158,16 @@ def kw_changed(body: Any, namespace: str, kw_index: Any, warmup_index: Any, **in
     _reconcile_cr(body, namespace, kw_index, indexes, warmup_index)
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=config.current().resync_seconds,
-            initial_delay=config.current().resync_seconds, idle=None, backoff=HANDLER_BACKOFF_S)
+def register_resync(seconds: float) -> None:
+    """The KernelWarmups' resync timer at the configured interval: registered by __main__
+    once the configuration is read (nothing here reads it at import time), once."""
+    registry = kopf.get_default_registry()
+    if any(h.id == "kw_resync" for h in registry._spawning.get_all_handlers()):
+        return
+    kopf.timer(names.GROUP, names.VERSION, names.PLURAL, id="kw_resync", interval=seconds, initial_delay=seconds,
+               idle=None, backoff=HANDLER_BACKOFF_S)(kw_resync)
+
+
 def kw_resync(body: Any, namespace: str, kw_index: Any, warmup_index: Any, **indexes: Any) -> None:
     try:
         _reconcile_cr(body, namespace, kw_index, indexes, warmup_index)

@@ -74,8 +74,8 @@ class Controller:
         # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
         self.apply_errors: BoundedDict[tuple[str, str, str], str] = BoundedDict()
         self._owners: BoundedDict[str, Optional[tuple[str, str, str]]] = BoundedDict()  # uid -> its controller (immutable)
-        # Every KernelWarmup of the cluster (the handlers keep it current from their index);
-        # None: only the namespace's are known.
+        # Every KernelWarmup of the cluster (see_cluster, from the handlers' index and the
+        # webhook's); None: only the namespace's are known.
         self.cluster_crs: Optional[list[CRRecord]] = None
         # The admission webhook injects users' writes (issue 13): the controller then adopts
         # what it wrote before changing it, and reports the writes it had to inject itself.
@@ -104,6 +104,10 @@ class Controller:
                                      "lists by name, so server-side apply would replace the user's lists; not injecting")
                 return Decision("none", d.kind, d.name, d.namespace, owner=d.owner, error=err)
         return d
+
+    def see_cluster(self, crs: list[CRRecord]) -> None:
+        """Every KernelWarmup of the cluster, as the caller's index has them now."""
+        self.cluster_crs = list(crs)
 
     def decision(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Decision:
         """What the controller would do to ``obj`` (the webhook asks the same question)."""

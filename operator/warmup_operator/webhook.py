@@ -27,7 +27,7 @@ import kopf
 from warmup_operator import certs, metrics
 from warmup_operator.config import WebhookConfig
 from warmup_operator.core import names
-from warmup_operator.core.admission import Admission, Gate, admit
+from warmup_operator.core.admission import Admission, admit
 from warmup_operator.core.decide import CRRecord
 from warmup_operator.core.dicts import get_path
 from warmup_operator.core.kinds import KINDS, WorkloadKind
@@ -38,8 +38,6 @@ WEBHOOK_ID = "inject"  # the URL path the configuration calls: https://<service>
 CA_CHECK_S = 60.0
 
 _self_user: Optional[str] = None  # the operator's user name (its own writes are left alone)
-# Issue 17's seam: set a Gate here to hold an injection back (see core/admission.Gate).
-gate: Optional[Gate] = None
 
 
 def register(controller: Callable[[], Any]) -> None:
@@ -79,8 +77,9 @@ def _mutate(kind: WorkloadKind, controller: Callable[[], Any], body: Any, patch:
 
 
 def _admission(kind: WorkloadKind, ctl: Any, obj: dict, crs: list[CRRecord], everyone: list[CRRecord]) -> Admission:
-    ctl.cluster_crs = everyone
-    return admit(kind, obj, ctl.decision(kind, obj, crs), gate=gate)
+    ctl.see_cluster(everyone)
+    # Issue 17: no write carries a hash still being prewarmed (core/admission.Gate).
+    return admit(kind, obj, ctl.decision(kind, obj, crs), gate=ctl.prewarm.hold_reason)
 
 
 def _record_inputs(inputs: str, body: dict) -> None:

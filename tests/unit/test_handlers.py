@@ -35,3 +35,14 @@ def test_workloads_come_from_each_kinds_index():
                "warmup_index": {"ns": ["not a workload"]}}
     assert handlers._workloads("ns", indexes) == [(deploy, {"d": 1}), (sts, {"s": 1})]
     assert handlers._workloads("none", indexes) == []
+
+
+def test_the_resync_timer_takes_the_configured_interval_once():
+    """Issue 24 item 4: no config read at import time; __main__ registers the timer once
+    the configuration is read."""
+    import kopf
+
+    handlers.register_resync(7.0)
+    handlers.register_resync(99.0)  # a second call changes nothing
+    timers = [h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.id == "kw_resync"]
+    assert len(timers) == 1 and timers[0].interval == 7.0 and timers[0].initial_delay == 7.0
