@@ -51,6 +51,9 @@ def test_the_tree_keeps_every_contract(tree: Path):
      "the operator imports only the warmer's contract"),
     ("initcontainer/kernel_warmer/heads.py", "import torch", "kernel_warmer.plan and the contract modules import no"),
     ("initcontainer/kernel_warmer/spec.py", "import kernel_warmer.runner", "the warmer's contract modules import only"),
+    ("operator/warmup_operator/kube.py", "import warmup_operator.reconcile", "the operator's edges are layered"),
+    ("operator/warmup_operator/core/kinds.py", "import warmup_operator.core.decide", "the operator's core is layered"),
+    ("initcontainer/kernel_warmer/cache/manifest.py", "import kernel_warmer.triton.compile", "the warmer's floors"),
 ])
 def test_a_forbidden_import_breaks_its_contract(tree: Path, module: str, line: str, contract: str):
     path = tree / module
