@@ -130,7 +130,7 @@ def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmu
     warmups = list(warmup_index.get((namespace, record.name), []))
     if isinstance(parsed, SpecInvalid):
         metrics.RECONCILE_ERRORS.labels("invalid_spec").inc()
-        ctl.refresh_status(record, workloads, [], warmups, previous, spec_error=str(parsed))
+        ctl.status.refresh_status(record, workloads, [], warmups, previous, spec_error=str(parsed))
         if previous.get("conditions", [{}])[0].get("reason") != "InvalidSpec":
             _emit(cr_ref(record), "Warning", "InvalidSpec", str(parsed))
         raise kopf.PermanentError(str(parsed))
@@ -141,7 +141,7 @@ def _reconcile_cr(body: Any, namespace: str, kw_index: Any, indexes: dict, warmu
     for o in outcomes:
         if o.decision.owner == record.name and o.decision.error and not o.applied:
             metrics.RECONCILE_ERRORS.labels("injection").inc()
-    ctl.refresh_status(record, workloads, crs, warmups, previous)
+    ctl.status.refresh_status(record, workloads, crs, warmups, previous)
     if errors:
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
 
@@ -182,7 +182,7 @@ def kw_deleted(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None
     crs = _crs(kw_index, namespace, exclude_uid=record.uid)
     outcomes = controller().reconcile_namespace(namespace, _workloads(namespace, indexes), crs, only_for=record)
     controller().prewarm.delete_for_cr(namespace, record.name)  # no prewarm Job outlives its KernelWarmup
-    errors = controller().removal_errors(record, outcomes, dict(body.get("status") or {}))
+    errors = controller().status.removal_errors(record, outcomes, dict(body.get("status") or {}))
     if errors:
         raise kopf.TemporaryError("; ".join(errors)[:2000], delay=5)
 
@@ -252,7 +252,7 @@ def pod_event(body: Any, namespace: str, kw_index: Any, **indexes: Any) -> None:
     """Count each finished warmup once and tell the KernelWarmup about it (only a Pod a
     target workload controls, with its current hash: others are no warmup of ours)."""
     obs = observe_pod(dict(body))
-    if obs is None or not controller().accepted_warmups([obs], [o for _, o in _workloads(namespace, indexes)]):
+    if obs is None or not controller().status.accepted_warmups([obs], [o for _, o in _workloads(namespace, indexes)]):
         return
     cr = next((c for c in kw_index.get(namespace, []) if c.name == obs.cr), None)
     if not metrics.observe_warmup(obs, cr):

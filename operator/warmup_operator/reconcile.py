@@ -1,14 +1,13 @@
 """Reconciliation glue: decisions (pure, decide.py) carried out through kube.py.
 
 Independent of kopf so it can be driven by the handlers in handlers.py and by tests alike.
-Every write is preceded by a fresh GET and a second decision, under a per-workload lock,
-so a stale watch snapshot can never apply an outdated fragment."""
+Every write is preceded by a fresh GET and a second decision, one run per workload at a
+time (singleflight.py), so a stale watch snapshot can never apply an outdated fragment. The
+KernelWarmups' status is the StatusReporter's (status_report.py), from the same decisions."""
 
 from __future__ import annotations
 
-import datetime
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from kernel_warmer.faults import fault_point
@@ -21,22 +20,12 @@ from warmup_operator.core.decide import CRRecord, Decision, apply_body, cr_ref, 
 from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec
 from warmup_operator.core.kinds import KINDS, LEADERWORKERSET, WorkloadKind
-from warmup_operator.core.status import (
-    StatusInputs,
-    TargetState,
-    WarmupObservation,
-    compute_status,
-    removal_stuck,
-    replica_failure,
-    same_status,
-    status_patch,
-)
-from warmup_operator.core.targets import lists_are_keyed, selects, templates
-from warmup_operator.core.uninject import live_hash
-from warmup_operator.core.trust import TrustPolicy, not_opted_in
+from warmup_operator.core.targets import lists_are_keyed, templates
+from warmup_operator.core.trust import TrustPolicy
 from warmup_operator.core.prewarm import JobBounds, Verdict
 from warmup_operator.prewarm import Prewarmer
 from warmup_operator.singleflight import SingleFlight
+from warmup_operator.status_report import Outcome, StatusReporter, concerns, owner_of
 from warmup_operator.redact import env_literals, redact
 
 log = logging.getLogger("warmup_operator")
@@ -53,15 +42,6 @@ def ref(obj: Any, kind: Optional[WorkloadKind] = None) -> dict:
             "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")}}
 
 
-@dataclass
-class Outcome:
-    decision: Decision
-    applied: bool = False
-    error: str = ""
-    status: Optional[int] = None  # the API's HTTP status of a failed apply
-    queued: bool = False  # a reconcile of the workload was running: it goes once more with these KernelWarmups
-
-
 class Controller:
     def __init__(self, kube: Any, *, bootstrap_image: str = names.DEFAULT_BOOTSTRAP_IMAGE,
                  emit: Optional[Emit] = None, policy: TrustPolicy = TrustPolicy(), admission: bool = False,
@@ -73,7 +53,6 @@ class Controller:
         self._flight: SingleFlight[list[CRRecord], Outcome] = SingleFlight()  # one reconcile per workload
         # (kind, namespace, name) -> the last failed apply, until one succeeds (status, item 9)
         self.apply_errors: BoundedDict[tuple[str, str, str], str] = BoundedDict()
-        self._owners: BoundedDict[str, Optional[tuple[str, str, str]]] = BoundedDict()  # uid -> its controller (immutable)
         # Every KernelWarmup of the cluster (see_cluster, from the handlers' index and the
         # webhook's); None: only the namespace's are known.
         self.cluster_crs: Optional[list[CRRecord]] = None
@@ -83,6 +62,8 @@ class Controller:
         self.late: BoundedDict[tuple[str, str, str], tuple[str, str]] = BoundedDict()  # (kind, ns, name) -> (hash, why)
         self.prewarm = Prewarmer(kube, self.emit, bootstrap_image, crs=lambda: self.cluster_crs or [],
                                  bounds=prewarm_bounds)
+        # The KernelWarmups' status, from the same decisions (status_report.py).
+        self.status = StatusReporter(kube, self.emit, self._decide, self.prewarm, self.apply_errors, self.late)
 
     def _namespace_labels(self, obj: Any, crs: list[CRRecord]) -> Optional[dict]:
         """The workload namespace's labels, read only when a KernelWarmup there asks for a
@@ -172,7 +153,7 @@ class Controller:
                 else "kernel warmup injection removed")
         log.info("%s %s %s/%s %s", verb, kind.kind, d.namespace, d.name, d.hash or "")
         self.emit(ref(live, kind), "Normal", f"KernelWarmup{verb}", text)
-        owner = next((c for c in crs if c.name == (d.owner or _owner_of(live, kind))), None)
+        owner = next((c for c in crs if c.name == (d.owner or owner_of(live, kind))), None)
         if owner is not None:
             self.emit(cr_ref(owner), "Normal", verb, f"{kind.kind}/{d.name}: {text}")
         for w in d.warnings:
@@ -238,7 +219,7 @@ class Controller:
             return
         self.apply_errors[key] = msg
         self.emit(ref(live, kind), "Warning", "KernelWarmupApplyFailed", msg)
-        owner = next((c for c in crs if c.name == (d.owner or _owner_of(live, kind))), None)
+        owner = next((c for c in crs if c.name == (d.owner or owner_of(live, kind))), None)
         if owner is not None:
             self.emit(cr_ref(owner), "Warning", "ApplyFailed", msg)
 
@@ -254,138 +235,5 @@ class Controller:
                 continue
             out.append(self.reconcile_workload(kind, obj, crs))
         return out
-
-    def target_states(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]],
-                      crs: list[CRRecord]) -> list[TargetState]:
-        states = []
-        for kind, obj in workloads:
-            meta = obj.get("metadata") or {}
-            if meta.get("namespace") == cr.namespace and concerns(cr, kind, obj):
-                state = self._target_state(cr, kind, obj, crs)
-                if state is not None:
-                    states.append(state)
-        return states
-
-    def _target_state(self, cr: CRRecord, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Optional[TargetState]:
-        """This workload as ``cr``'s status reports it (None: not its business)."""
-        d = self._decide(kind, obj, crs)
-        st = obj.get("status") or {}
-        counts = dict(replicas=int(st.get("replicas") or 0), ready_replicas=int(st.get("readyReplicas") or 0))
-        failed = self.apply_errors.get((kind.kind, cr.namespace, d.name))
-        if d.owner == cr.name and failed and d.action != "none":
-            return TargetState(kind.kind, d.name, False, d.hash or "", message=failed, reason="ApplyFailed", **counts)
-        if d.owner == cr.name:
-            msg = str(d.error) if d.error else "; ".join(d.warnings)
-            reason = getattr(d.error, "reason", "InjectionFailed") if d.error else ""
-            injected = d.action == "none" and d.error is None
-            late_hash, late_why = self.late.get((kind.kind, cr.namespace, d.name), ("", ""))
-            if injected and not msg and late_why and late_hash == d.hash:
-                msg, reason = late_why, "InjectedAfterAdmission"
-            if injected and not msg:  # an admission refusal's words could quote the template's env
-                msg, reason = replica_failure(st)
-                msg = redact(msg, env_literals(kind, obj))
-            pw = self.prewarm.view(kind.kind, cr.namespace, d.name, d.hash) if d.error is None else None
-            msg, reason = prewarm_message(pw, injected, msg, reason)
-            return TargetState(kind.kind, d.name, injected, d.hash or "", message=msg, reason=reason, engine=d.engine,
-                               prewarm=pw, **counts)
-        if cr.name in d.conflicts:
-            return TargetState(kind.kind, d.name, False, message=f"also selected by KernelWarmup {d.owner} (older); "
-                               "this one is ignored", **counts)
-        if _owner_of(obj, kind) != cr.name:  # selected, but the workload opted into another one (or none)
-            refused = not_opted_in(kind.kind, d.name, cr.name, obj.get("metadata") or {})
-            return TargetState(kind.kind, d.name, False, message=str(refused), reason=refused.reason, **counts)
-        return None
-
-    def refresh_status(self, cr: CRRecord, workloads: Iterable[tuple[WorkloadKind, Any]], crs: list[CRRecord],
-                       warmups: list[WarmupObservation], previous: Optional[dict], spec_error: str = "") -> dict:
-        workloads = list(workloads)
-        targets = [] if spec_error else self.target_states(cr, workloads, crs)
-        warmups = self.accepted_warmups(warmups, [obj for _, obj in workloads
-                                                  if (obj.get("metadata") or {}).get("namespace") == cr.namespace])
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        new = compute_status(StatusInputs(cr.generation, targets, warmups, spec_error), previous, now)
-        if not same_status(previous, new):
-            self.kube.patch_cr_status(cr.namespace, cr.name, status_patch(previous, new))
-            self._announce(cr, previous, targets)
-        return new
-
-    def accepted_warmups(self, warmups: list[WarmupObservation], workloads: list[Any]) -> list[WarmupObservation]:
-        """Only summaries from Pods that a workload of this namespace controls (through its
-        ReplicaSet or StatefulSet, checked by uid on the API) and that carry a pod-template
-        hash the workload has now: a Pod anyone labelled with our annotations, or one of an
-        old rollout, says nothing about this KernelWarmup."""
-        current: dict[str, set] = {}
-        for obj in workloads:
-            uid = (obj.get("metadata") or {}).get("uid")
-            kind = KINDS.get(obj.get("kind") or "")
-            if uid and kind is not None:
-                current[uid] = {live_hash(t) for _, t in templates(kind, obj)} - {None}
-        return [w for w in warmups if (root := self._controlling_workload(w, set(current))) and w.hash in current[root]]
-
-    def _controlling_workload(self, w: WarmupObservation, uids: set) -> Optional[str]:
-        ref, depth = w.owner, 0
-        while ref is not None and depth < 4:
-            if ref[2] in uids:
-                return ref[2]
-            if ref[2] not in self._owners:
-                self._owners[ref[2]] = self.kube.controller_of(ref[0], w.namespace, ref[1], ref[2])
-            ref, depth = self._owners[ref[2]], depth + 1
-        return None
-
-    def removal_errors(self, cr: CRRecord, outcomes: list[Outcome], previous: dict) -> list[str]:
-        """While a KernelWarmup is deleted: the removals worth retrying (the finalizer
-        stays), shown in its status; a 422 will never pass, so it is reported (Event on the
-        KernelWarmup, the workload already has one) and not waited for."""
-        for o in outcomes:
-            if o.error and o.status == 422:
-                self.emit(cr_ref(cr), "Warning", "RemovalGivenUp",
-                          f"{o.error}; the API refuses the removal, so the finalizer is released: take the "
-                          f"kernel-warmup entries out of {o.decision.kind}/{o.decision.name} by hand")
-        errors = [o.error for o in outcomes if o.error and o.status != 422]
-        if errors:
-            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self.kube.patch_cr_status(cr.namespace, cr.name, removal_stuck(previous, "; ".join(errors), now))
-        return errors
-
-    def _announce(self, cr: CRRecord, previous: Optional[dict], targets: list[TargetState]) -> None:
-        """A Warning Event on the KernelWarmup for each target problem not in the previous
-        status (refused opt-in, image, hostPath, reserved names, FailedCreate ...)."""
-        before = {(t.get("kind"), t.get("name"), t.get("message")) for t in (previous or {}).get("targets") or []}
-        for t in targets:
-            if (t.message and t.reason and t.reason != "ApplyFailed" and not t.reason.startswith("Prewarm")
-                    and (t.kind, t.name, t.message) not in before):
-                self.emit(cr_ref(cr), "Warning", t.reason, f"{t.kind}/{t.name}: {t.message}")
-
-
-def prewarm_message(pw: Optional[dict], injected: bool, msg: str, reason: str) -> tuple[str, str]:
-    """A target's message and reason with its prewarm: waiting (Prewarming), refused by
-    failurePolicy Fail (PrewarmFailed / PrewarmTimedOut), or rolled out anyway (Ignore)."""
-    if pw is None or msg or pw.get("phase") in ("Succeeded", "NotUsed"):
-        return msg, reason
-    if not injected and pw.get("phase") == "Prewarming":
-        return pw.get("message", ""), "Prewarming"
-    failed = "PrewarmTimedOut" if pw.get("phase") == "TimedOut" else "PrewarmFailed"
-    return pw.get("message", ""), failed
-
-
-def concerns(cr: CRRecord, kind: WorkloadKind, obj: Any) -> bool:
-    """Whether ``cr`` selects this workload or has injected it (cheap pre-filter)."""
-    if _owner_of(obj, kind) == cr.name:
-        return True
-    spec = cr.parsed()
-    if not isinstance(spec, KernelWarmupSpec):
-        return False
-    meta = obj.get("metadata") or {}
-    return selects(spec.targets, kind.kind, meta.get("name", ""), meta.get("labels") or {})
-
-
-def _owner_of(obj: Any, kind: WorkloadKind) -> Optional[str]:
-    from warmup_operator.core.targets import templates
-    from warmup_operator.core.uninject import live_owner
-    for _, t in templates(kind, obj):
-        if live_owner(t):
-            return live_owner(t)
-    return None
-
 
 __all__ = ["Controller", "Outcome", "KINDS", "cr_ref", "ref"]

@@ -26,7 +26,7 @@ def test_the_least_recently_written_key_is_forgotten_past_the_bound():
 
 def test_the_operators_maps_are_bounded():
     ctl = Controller(kube=None)
-    maps = [ctl.apply_errors, ctl._owners, ctl.late, metrics._seen, ctl.prewarm._views, ctl.prewarm._passed,
+    maps = [ctl.apply_errors, ctl.status._owners, ctl.late, metrics._seen, ctl.prewarm._views, ctl.prewarm._passed,
             ctl.prewarm._problems]
     for m in maps:
         assert isinstance(m, BoundedDict) and m.maxsize == 10_000

@@ -51,7 +51,7 @@ def test_a_422_during_deletion_is_reported_and_not_waited_for():
     events = []
     kube = FakeKube()
     ctl = Controller(kube, emit=lambda *a: events.append(a))
-    assert ctl.removal_errors(CR, [outcome(422)], {}) == []
+    assert ctl.status.removal_errors(CR, [outcome(422)], {}) == []
     assert [e[2] for e in events] == ["RemovalGivenUp"] and "by hand" in events[0][3]
     assert kube.patches == []
 
@@ -60,7 +60,7 @@ def test_a_stuck_deletion_shows_in_the_status():
     kube = FakeKube()
     ctl = Controller(kube)
     prev = {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Other", "status": "True"}]}
-    assert ctl.removal_errors(CR, [outcome(503)], prev) == ["remove Deployment/llm failed: 503"]
+    assert ctl.status.removal_errors(CR, [outcome(503)], prev) == ["remove Deployment/llm failed: 503"]
     conds = {c["type"]: c for c in kube.patches[0]["conditions"]}
     assert conds["Degraded"]["reason"] == "RemovalFailed" and "503" in conds["Degraded"]["message"]
     assert conds["Ready"]["reason"] == "Deleting" and "Other" in conds
@@ -74,7 +74,7 @@ def test_apply_errors_reach_the_status_and_one_event(status):
         out = ctl.reconcile_workload(DEPLOYMENT, workload(), [CR])
         assert out.status == status and out.error
     assert sorted(e[2] for e in events) == ["ApplyFailed", "KernelWarmupApplyFailed"]  # once, not per retry
-    st = ctl.refresh_status(CR, [(DEPLOYMENT, workload())], [CR], [], None)
+    st = ctl.status.refresh_status(CR, [(DEPLOYMENT, workload())], [CR], [], None)
     target = st["targets"][0]
     assert target["reason"] == "ApplyFailed" and not target["injected"] and str(status) not in target.get("hash", "")
     degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")

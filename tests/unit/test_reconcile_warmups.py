@@ -45,13 +45,13 @@ def test_only_pods_of_the_target_with_its_current_hash_count():
              obs("other-workload", ("ReplicaSet", "other-abc", "rs2-uid")),
              obs("old-rollout", ("ReplicaSet", "llm-abc", "rs-uid"), h="h1"),
              obs("unknown-kind", ("Job", "x", "j"))]
-    assert ctl.accepted_warmups(cases, [DEPLOY]) == [good]
+    assert ctl.status.accepted_warmups(cases, [DEPLOY]) == [good]
     calls = kube.calls
-    ctl.accepted_warmups(cases, [DEPLOY])
+    ctl.status.accepted_warmups(cases, [DEPLOY])
     assert kube.calls == calls  # owners are immutable: looked up once
 
 
 def test_a_statefulset_pod_is_its_own_workloads():
     sts = {**DEPLOY, "kind": "StatefulSet", "metadata": {**DEPLOY["metadata"], "uid": "sts-uid"}}
     pod = obs("llm-0", ("StatefulSet", "llm", "sts-uid"))
-    assert Controller(OwnerKube()).accepted_warmups([pod], [sts]) == [pod]
+    assert Controller(OwnerKube()).status.accepted_warmups([pod], [sts]) == [pod]

@@ -1,4 +1,4 @@
-"""A target's prewarm in the KernelWarmup's status (core/status.py, reconcile.prewarm_message)
+"""A target's prewarm in the KernelWarmup's status (core/status.py, status_report.prewarm_message)
 and the gate's answer for a multi-Pod world (prewarm.Prewarmer): Prewarming is waiting, not
 degraded; a refused rollout is Degraded with the Job's reason; the entry survives a restart
 while the hash holds; a LeaderWorkerSet keeps init-container warmup and says so."""
@@ -12,7 +12,7 @@ from warmup_operator.core.kernelwarmup import parse_spec
 from warmup_operator.core.kinds import LEADERWORKERSET
 from warmup_operator.core.status import StatusInputs, TargetState, carry_prewarm, compute_status
 from warmup_operator.prewarm import Prewarmer
-from warmup_operator.reconcile import prewarm_message
+from warmup_operator.status_report import prewarm_message
 
 NOW = "2026-11-27T12:00:00Z"
 WAIT = {"phase": "Prewarming", "hash": "h1", "jobs": ["kwp-llm-1"], "message": "waiting for prewarm Job(s) kwp-llm-1"}
