@@ -27,6 +27,17 @@ SITE_ENV = "KERNEL_WARMUP_SITE_SRC"
 # image (the Dockerfile copies initcontainer/ to /opt/kernel-warmup).
 SITE_CANDIDATES = (PACKAGE_DIR.parent / "serving_site", Path("/opt/kernel-warmup/serving_site"))
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+# Modules of the package that only GPU tests and benches use, kept out of the copy that
+# reaches every serving Pod (relative to the package).
+NOT_FOR_PODS = ("triton/probe.py",)
+
+
+def _ignore_for(root: Path):
+    def ignore(folder: str, entries: list[str]) -> set[str]:
+        rel = Path(folder).resolve().relative_to(root.resolve())
+        skipped = {e for e in entries if (rel / e).as_posix() in NOT_FOR_PODS}
+        return set(_IGNORE(folder, entries)) | skipped
+    return ignore
 
 
 class BootstrapError(RuntimeError):
@@ -45,13 +56,13 @@ def find_site_src(explicit: Optional[str]) -> Path:
                          f"pass --site-src or set {SITE_ENV}")
 
 
-def _replace_dir(src: Path, target: Path) -> None:
+def _replace_dir(src: Path, target: Path, ignore=_IGNORE) -> None:
     """Copy ``src`` to ``target`` via a sibling temp folder and a rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         staged = tmp / target.name
-        shutil.copytree(src, staged, ignore=_IGNORE)
+        shutil.copytree(src, staged, ignore=ignore)
         for p in [staged, *staged.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)  # readable by any serving user
         if target.exists():
@@ -65,7 +76,7 @@ def _replace_dir(src: Path, target: Path) -> None:
 def bootstrap(dest: Path, site_src: Path, package_src: Path = PACKAGE_DIR) -> list[Path]:
     if not (package_src / "__init__.py").is_file():
         raise BootstrapError(f"{package_src} is not the kernel_warmer package")
-    _replace_dir(package_src, dest / "python" / "kernel_warmer")
+    _replace_dir(package_src, dest / "python" / "kernel_warmer", _ignore_for(package_src))
     _replace_dir(site_src, dest / "site")
     return [dest / "python" / "kernel_warmer", dest / "site"]
 

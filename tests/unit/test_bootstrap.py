@@ -76,3 +76,18 @@ def test_the_warmer_subpackages_named_triton_and_flashinfer_shadow_nothing(tmp_p
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "kernel_warmer" not in r.stdout, r.stdout
+
+
+def test_the_copy_is_the_package_less_what_only_tests_and_benches_use(tmp_path):
+    """Issue 24 item 3: the compile-counting probe (GPU tests, benches) stays out of Pods;
+    every other module of the package is copied."""
+    from kernel_warmer import bootstrap
+
+    dest = tmp_path / "kernel-warmup"
+    assert run_bootstrap(dest).returncode == 0
+    copied = {p.relative_to(dest / "python/kernel_warmer").as_posix()
+              for p in (dest / "python/kernel_warmer").rglob("*") if p.is_file()}
+    source = {p.relative_to(bootstrap.PACKAGE_DIR).as_posix() for p in bootstrap.PACKAGE_DIR.rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")}
+    assert copied == source - set(bootstrap.NOT_FOR_PODS)
+    assert "triton/probe.py" not in copied and "triton/compile.py" in copied
