@@ -42,6 +42,8 @@ class SpecError(FieldError):
     """A spec field is missing or wrong; ``field`` is its dotted path."""
 
 
+# Where the cache volume is mounted unless the KernelWarmup says (spec.cache.mountPath).
+DEFAULT_CACHE_DIR = "/kernel-warmup-cache"
 # Bounds on a model's shapes (a config.json's or explicit layers'): well above any released
 # model, low enough that a hostile value cannot make a plan of millions of variants.
 MAX_HEADS = 1 << 16
@@ -180,7 +182,7 @@ class DistributedSection:
 @dataclass(frozen=True)
 class WarmerSpec:
     model: ModelSource
-    cache_dir: str = "/kernel-warmup-cache"
+    cache_dir: str = DEFAULT_CACHE_DIR
     tensor_parallel_size: int = 1
     dtype: Dtype = "auto"
     triton: TritonSection = field(default_factory=TritonSection)

@@ -195,3 +195,13 @@ def test_every_schema_node_is_a_typed_object(crd):
         assert isinstance(node, dict), path
         assert set(node) <= allowed, (path, set(node) - allowed)
         assert "type" in node or node.get("x-kubernetes-int-or-string"), path
+
+
+def test_the_default_mount_path_is_one_fact(crd):
+    """Issue 24 item 1: the CRD's default cache mount path, the operator's and the warmer's
+    are kernel_warmer.spec.DEFAULT_CACHE_DIR."""
+    from kernel_warmer.spec import DEFAULT_CACHE_DIR
+    cache = spec_schema(crd)["properties"]["cache"]["properties"]["mountPath"]
+    assert cache["default"] == DEFAULT_CACHE_DIR == WarmerSpec.__dataclass_fields__["cache_dir"].default
+    parsed = parse_spec({"targets": {"names": ["x"]}, "model": {"configPath": "/m/config.json"}})
+    assert parsed.cache.mount_path == DEFAULT_CACHE_DIR

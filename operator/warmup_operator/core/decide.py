@@ -121,13 +121,12 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
            policy: trust.TrustPolicy = trust.TrustPolicy(),
            namespace_labels: Optional[Mapping[str, str]] = None,
            cluster_crs: Optional[list[CRRecord]] = None) -> Decision:
-    """``cluster_crs``: every KernelWarmup of the cluster, for the one-mount-path-per-cache
-    check (default: ``crs``)."""
+    """Inject, re-inject, remove or nothing, for one workload. ``cluster_crs``: every
+    KernelWarmup of the cluster, for the one-mount-path-per-cache check (default: ``crs``)."""
     name, namespace, labels = workload_meta(obj)
     tmpls = templates(kind, obj)
     base = dict(kind=kind.kind, name=name, namespace=namespace)
     live_owners = {uninject.live_owner(t) for _, t in tmpls} - {None}
-
     parsed = [(cr, cr.parsed()) for cr in crs if cr.namespace == namespace and not cr.deleting]
     selecting = sorted(
         ((cr, s) for cr, s in parsed if isinstance(s, KernelWarmupSpec) and selects(s.targets, kind.kind, name, labels)),
@@ -142,45 +141,8 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
             return Decision("none", **base, owner=first, error=refused)
         return replace(_removal(kind, obj, tmpls, base), owner=first, error=refused)
     if allowed:
-        owner, spec = allowed[0]
-        conflicts = tuple(cr.name for cr, _ in allowed[1:])
-        try:
-            trust.check_spec(spec, policy, namespace, namespace_labels)
-            trust.check_cache_mount(owner, spec, _parsed_specs(crs if cluster_crs is None else cluster_crs))
-        except trust.TrustError as exc:
-            return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
-        merged: dict = {}
-        desired: list[str] = []
-        warnings: list[str] = []
-        engine: Optional[dict] = None
-        for path, t in tmpls:
-            try:
-                uninject.check_reserved_names(t)
-                inj = inject.build_injection(spec, uninject.user_view(t), cr_name=owner.name,
-                                             default_bootstrap_image=default_bootstrap_image)
-            except inject.InjectionError as exc:
-                return Decision("none", **base, owner=owner.name, error=exc, conflicts=conflicts)
-            desired.append(inj.hash)
-            warnings.extend(w for w in inj.warnings if w not in warnings)
-            engine = inj.engine if engine is None else engine
-            merged = deep_merge(merged, nest(path, inj.fragment))
-        h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
-        inputs = inputs_digest(owner, tmpls)
-        found = dict(owner=owner.name, conflicts=conflicts, warnings=tuple(warnings), engine=engine)
-        # Same hash and owner, and the injected entries still there (someone may have
-        # removed the init containers but left the annotation: drift, re-applied).
-        up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
-                         and uninject.injected_parts_present(t) for (_, t), d in zip(tmpls, desired))
-        if up_to_date:  # the body too: the admission webhook repairs values a write reset (core/admission.py)
-            return Decision("none", **base, **found, hash=h, body=apply_body(kind, name, namespace, merged, inputs),
-                            record=_recorded(obj) != inputs)
-        kept = kept_injection(kind, obj, tmpls, owner.name, inputs)
-        if kept is not None:
-            live = [uninject.live_hash(t) for _, t in tmpls]
-            return Decision("none", **base, **found, hash=inject.digest(live) if len(live) > 1 else live[0],
-                            body=kept[0], record=kept[1])
-        return Decision("inject", **base, **found, hash=h, body=apply_body(kind, name, namespace, merged, inputs))
-
+        checked = _Checked(kind, obj, tmpls, base, allowed, default_bootstrap_image)
+        return checked.decide(policy, namespace_labels, _parsed_specs(crs if cluster_crs is None else cluster_crs))
     if not live_owners:
         return Decision("none", **base)
     # Injected by a KernelWarmup whose spec is now unreadable: keep it until it is fixed
@@ -189,6 +151,68 @@ def decide(kind: WorkloadKind, obj: Any, crs: list[CRRecord], *,
         if cr.name in live_owners and isinstance(s, SpecInvalid):
             return Decision("none", **base, owner=cr.name)
     return _removal(kind, obj, tmpls, base)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A workload its oldest opted-in KernelWarmup selects: trust checks, the injection of
+    each template, then up to date, kept (an earlier version's), or inject."""
+
+    kind: WorkloadKind
+    obj: Any
+    tmpls: list
+    base: dict
+    allowed: list
+    bootstrap_image: str
+
+    def decide(self, policy: trust.TrustPolicy, namespace_labels: Optional[Mapping[str, str]],
+               peers: list[tuple[CRRecord, KernelWarmupSpec]]) -> Decision:
+        owner, spec = self.allowed[0]
+        conflicts = tuple(cr.name for cr, _ in self.allowed[1:])
+        try:
+            trust.check_spec(spec, policy, self.base["namespace"], namespace_labels)
+            trust.check_cache_mount(owner, spec, peers)
+            merged, desired, found = self._injections(owner, spec)
+        except inject.InjectionError as exc:  # TrustError included
+            return Decision("none", **self.base, owner=owner.name, error=exc, conflicts=conflicts)
+        found["conflicts"] = conflicts
+        return self._verdict(owner, merged, desired, found)
+
+    def _injections(self, owner: CRRecord, spec: KernelWarmupSpec) -> tuple[dict, list[str], dict]:
+        """(the fragments merged, each template's hash, the Decision's findings)."""
+        merged: dict = {}
+        desired: list[str] = []
+        warnings: list[str] = []
+        engine: Optional[dict] = None
+        for path, t in self.tmpls:
+            uninject.check_reserved_names(t)
+            inj = inject.build_injection(spec, uninject.user_view(t), cr_name=owner.name,
+                                         default_bootstrap_image=self.bootstrap_image)
+            desired.append(inj.hash)
+            warnings.extend(w for w in inj.warnings if w not in warnings)
+            engine = inj.engine if engine is None else engine
+            merged = deep_merge(merged, nest(path, inj.fragment))
+        return merged, desired, dict(owner=owner.name, warnings=tuple(warnings), engine=engine)
+
+    def _verdict(self, owner: CRRecord, merged: dict, desired: list[str], found: dict) -> Decision:
+        name, namespace = self.base["name"], self.base["namespace"]
+        h = inject.digest(desired) if len(desired) > 1 else (desired[0] if desired else None)
+        inputs = inputs_digest(owner, self.tmpls)
+        # Same hash and owner, and the injected entries still there (someone may have
+        # removed the init containers but left the annotation: drift, re-applied).
+        up_to_date = all(uninject.live_hash(t) == d and uninject.live_owner(t) == owner.name
+                         and uninject.injected_parts_present(t) for (_, t), d in zip(self.tmpls, desired))
+        if up_to_date:  # the body too: the admission webhook repairs values a write reset (core/admission.py)
+            return Decision("none", **self.base, **found, hash=h,
+                            body=apply_body(self.kind, name, namespace, merged, inputs),
+                            record=_recorded(self.obj) != inputs)
+        kept = kept_injection(self.kind, self.obj, self.tmpls, owner.name, inputs)
+        if kept is not None:
+            live = [uninject.live_hash(t) for _, t in self.tmpls]
+            return Decision("none", **self.base, **found, hash=inject.digest(live) if len(live) > 1 else live[0],
+                            body=kept[0], record=kept[1])
+        return Decision("inject", **self.base, **found, hash=h,
+                        body=apply_body(self.kind, name, namespace, merged, inputs))
 
 
 def _recorded(obj: Any) -> Optional[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from kernel_warmer.errors import FieldError
-from kernel_warmer.spec import EngineWarmup, SpecError, WarmerSpec, camel
+from kernel_warmer.spec import DEFAULT_CACHE_DIR, EngineWarmup, SpecError, WarmerSpec, camel
 from warmup_operator.core import names, quantity
 from warmup_operator.core.kinds import KINDS as WORKLOAD_KINDS
 
@@ -185,7 +185,7 @@ def shadowed_system_dir(mount: str) -> Optional[str]:
 def parse_cache(data: Any, domain: str = "") -> CacheVolume:
     where = "spec.cache"
     c = _obj(data, where)
-    mount = _str(c, "mountPath", where, "/kernel-warmup-cache") or ""
+    mount = _str(c, "mountPath", where, DEFAULT_CACHE_DIR) or ""
     if not mount.startswith("/") or mount == "/" or ":" in mount:
         raise SpecInvalid(f"{where}.mountPath", f"must be an absolute path other than /, got {mount!r}")
     if mount == names.PKG_MOUNT or mount.startswith(names.PKG_MOUNT + "/"):
