@@ -19,7 +19,7 @@ from warmup_operator.core.uninject import injected_parts
 from warmup_operator.core.decide import CRRecord, Decision, apply_body, cr_ref, decide
 from warmup_operator.core.dicts import deep_merge, nest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec
-from warmup_operator.core.kinds import KINDS, LEADERWORKERSET, WorkloadKind
+from warmup_operator.core.kinds import KINDS, WorkloadKind
 from warmup_operator.core.targets import lists_are_keyed, templates
 from warmup_operator.core.trust import TrustPolicy
 from warmup_operator.core.prewarm import JobBounds, Verdict
@@ -32,7 +32,6 @@ log = logging.getLogger("warmup_operator")
 
 # emit(object_ref, type, reason, message): posts a Kubernetes Event.
 Emit = Callable[[dict, str, str, str], None]
-LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 
 
 def ref(obj: Any, kind: Optional[WorkloadKind] = None) -> dict:
@@ -77,11 +76,11 @@ class Controller:
     def _decide(self, kind: WorkloadKind, obj: Any, crs: list[CRRecord]) -> Decision:
         d = decide(kind, obj, crs, default_bootstrap_image=self.bootstrap_image, policy=self.policy,
                    namespace_labels=self._namespace_labels(obj, crs), cluster_crs=self.cluster_crs)
-        if kind is LEADERWORKERSET and d.action == "inject":
-            crd = self.kube.get_crd(LWS_CRD)
+        if kind.crd and d.action == "inject":
+            crd = self.kube.get_crd(kind.crd)
             if crd is None or not lists_are_keyed(crd):
                 from warmup_operator.core.containers import InjectionError
-                err = InjectionError("spec.targets.kinds", "this LeaderWorkerSet CRD does not key its pod-template "
+                err = InjectionError("spec.targets.kinds", f"this {kind.kind} CRD does not key its pod-template "
                                      "lists by name, so server-side apply would replace the user's lists; not injecting")
                 return Decision("none", d.kind, d.name, d.namespace, owner=d.owner, error=err)
         return d

@@ -197,6 +197,24 @@ def test_values_reach_the_operator_flags(tools):
     assert {"name": "KERNEL_WARMUP_RESYNC_SECONDS", "value": "30"} in c["env"]
 
 
+@pytest.mark.parametrize("values", [None, NAMESPACED_VALUES], ids=["cluster-scope", "namespaced"])
+def test_the_charts_workload_kinds_are_the_operators(tools, values):
+    """Issue 24 item 4: the RBAC and webhook rules range over the chart's one list of
+    workload kinds, which must be core/kinds.KINDS (a new kind: its row there, the CRD's
+    enum and the chart's list)."""
+    from warmup_operator.core.kinds import KINDS
+
+    wanted: dict[tuple[str, str], set] = {}
+    for k in KINDS.values():
+        wanted.setdefault((k.group, k.version), set()).add(k.plural)
+    docs = render(tools, *(["-f", str(values)] if values else []), "--set", "webhook.enabled=true")
+    rbac = {(r["apiGroups"][0], frozenset(r["resources"])) for r in rules_of(docs) if "patch" in r["verbs"]
+            and r["apiGroups"][0] not in ("kernelwarmup.dev", "admissionregistration.k8s.io")}
+    assert rbac == {(g, frozenset(p)) for (g, _), p in wanted.items()}
+    hook = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")["webhooks"][0]
+    assert {(r["apiGroups"][0], r["apiVersions"][0]): set(r["resources"]) for r in hook["rules"]} == wanted
+
+
 def test_webhook_manifests(tools):
     """The admission webhook: opted-in workloads only, never blocking, the operator's CA
     (get/patch on this one configuration) or cert-manager's, and off when disabled."""

@@ -7,7 +7,6 @@ warmer's world from the LWS variables, run over gloo in two processes."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 from operator_process import OperatorProcess, free_port
 from operator_support import (
     LWS_TEMPLATES,
-    ROOT,
     apply,
     get,
     install_crd,
@@ -171,8 +169,7 @@ def warmer_env(pod: dict) -> dict[str, str]:
 
 def run_group_over_gloo(envs: list[dict[str, str]], spec, root: Path) -> dict:
     """Each Pod's warmer world (one worker per Pod: a CPU stands in for its GPU), in its own process."""
-    sys.path.insert(0, str(ROOT / "tests" / "unit"))  # the spawned workers import the job from there
-    from dist_jobs import ShareJob
+    from dist_jobs import ShareJob  # tests/support (conftest puts it on sys.path; spawned workers inherit it)
 
     from kernel_warmer.dist.workers import run_local_workers
 

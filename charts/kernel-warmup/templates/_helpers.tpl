@@ -63,6 +63,16 @@ the code that uses it:
   KernelWarmup's Jobs). No get, update or patch: Jobs are never changed in place.
 - persistentvolumeclaims get: kube_prewarm get_pvc (is a PVC cache shared across nodes?).
 */}}
+{{/*
+The workload kinds the operator injects into, by API group: the chart's one list (the RBAC
+rules and the webhook's rules range over it). It is warmup_operator/core/kinds.py's KINDS;
+tests/integration/test_chart.py fails when the two disagree.
+*/}}
+{{- define "kernel-warmup.workloadKinds" -}}
+- {group: apps, version: v1, resources: [deployments, statefulsets]}
+- {group: leaderworkerset.x-k8s.io, version: v1, resources: [leaderworkersets]}
+{{- end }}
+
 {{- define "kernel-warmup.namespacedRules" -}}
 - apiGroups: ["kernelwarmup.dev"]
   resources: ["kernelwarmups"]
@@ -70,12 +80,11 @@ the code that uses it:
 - apiGroups: ["kernelwarmup.dev"]
   resources: ["kernelwarmups/status"]
   verbs: ["patch"]
-- apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets"]
+{{- range (include "kernel-warmup.workloadKinds" . | fromYamlArray) }}
+- apiGroups: [{{ .group | quote }}]
+  resources: {{ .resources | toJson }}
   verbs: ["get", "list", "watch", "patch"]
-- apiGroups: ["leaderworkerset.x-k8s.io"]
-  resources: ["leaderworkersets"]
-  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]

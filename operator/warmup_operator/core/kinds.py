@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,11 @@ class WorkloadKind:
     plural: str
     # Paths (under the object root) of the pod templates to inject into.
     template_paths: tuple[tuple[str, ...], ...]
+    # A kind served by a CRD: its name; injected only where that CRD keys the templates'
+    # lists by name (server-side apply would replace the user's lists otherwise).
+    crd: Optional[str] = None
+    # Several Pods that warm together, in their init containers (no prewarm Job stands in).
+    multi_pod: bool = False
 
     @property
     def api_version(self) -> str:
@@ -28,5 +34,6 @@ STATEFULSET = WorkloadKind("StatefulSet", "apps", "v1", "statefulsets", (("spec"
 LEADERWORKERSET = WorkloadKind(
     "LeaderWorkerSet", "leaderworkerset.x-k8s.io", "v1", "leaderworkersets",
     (("spec", "leaderWorkerTemplate", "workerTemplate"), ("spec", "leaderWorkerTemplate", "leaderTemplate")),
+    crd="leaderworkersets.leaderworkerset.x-k8s.io", multi_pod=True,
 )
 KINDS: dict[str, WorkloadKind] = {k.kind: k for k in (DEPLOYMENT, STATEFULSET, LEADERWORKERSET)}

@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, Optional
 from warmup_operator.core import names
 from warmup_operator.core.inject import digest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec, PrewarmSpec, Requirement
-from warmup_operator.core.kinds import LEADERWORKERSET
+from warmup_operator.core.kinds import KINDS
 from warmup_operator.core.status import parse_summary, structured_summary
 from warmup_operator.core.targets import requirement_matches
 
@@ -63,8 +63,8 @@ def plan_for(kind: str, spec: KernelWarmupSpec) -> Plan:
     source = spec.cache.source
     if not pw.enabled or not ("persistentVolumeClaim" in source or ("hostPath" in source and pw.nodes)):
         return Plan(False)
-    if kind == LEADERWORKERSET.kind:
-        return Plan(False, note="not used for a multi-Pod world (LeaderWorkerSet): its Pods warm in their "
+    if KINDS[kind].multi_pod:
+        return Plan(False, note=f"not used for a multi-Pod world ({kind}): its Pods warm in their "
                                 "init containers, together")
     return Plan(True, per_node="hostPath" in source)
 
