@@ -105,23 +105,13 @@ def main() -> int:
     args = ap.parse_args()
     import devcluster
 
-    tmp = None
-    if args.kubeconfig is None:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-        devcluster.up(tmp)
-        kubeconfig = tmp / "kubeconfig"
-    else:
-        kubeconfig = args.kubeconfig
-    k = Kubectl(devcluster.build()["kubectl"], kubeconfig)
-    try:
+    with devcluster.kubeconfig_or_up(args.kubeconfig, Path(tempfile.mkdtemp(prefix="bench-operator-"))) as kubeconfig:
+        k = Kubectl(devcluster.build()["kubectl"], kubeconfig)
         if args.part in ("all", "injection"):
             injection_part(k, kubeconfig, args)
         if args.part in ("all", "webhook"):
             import bench_webhook
             bench_webhook.run(k, kubeconfig, devcluster.build(), args.edits, args.concurrency)
-    finally:
-        if tmp is not None:
-            devcluster.down(tmp)
     return 0
 
 

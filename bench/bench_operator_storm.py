@@ -64,12 +64,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-storm-"))
     baseline = code_at(args.baseline_ref, work / "baseline")
-    tmp = None
-    if args.kubeconfig is None:
-        tmp = work / "cluster"
-        devcluster.up(tmp)
-    kubeconfig = args.kubeconfig or tmp / "kubeconfig"
-    try:
+    with devcluster.kubeconfig_or_up(args.kubeconfig, work / "cluster") as kubeconfig:
         kubectl = str(devcluster.build()["kubectl"])
 
         def kubectl_run(*a: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,9 +77,6 @@ def main() -> int:
         bounds = (f"--prewarm-max-jobs={args.nodes}", f"--prewarm-max-jobs-per-namespace={args.nodes}")
         rows = {f"before ({args.baseline_ref})": one_run(api, kubeconfig, work, "before", baseline, args.nodes, ()),
                 "now": one_run(api, kubeconfig, work, "now", ROOT, args.nodes, bounds)}
-    finally:
-        if tmp is not None:
-            devcluster.down(tmp)
     print(f"\nanother namespace's time to injection during a {args.nodes}-node x 5-edit prewarm storm:")
     for label, result in rows.items():
         print(f"  {label:24s} {result.line()}")

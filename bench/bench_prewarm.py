@@ -216,12 +216,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-prewarm-"))
     cold, warm = warmer_seconds(work)
-    tmp = None
-    if args.kubeconfig is None:
-        tmp = work / "cluster"
-        devcluster.up(tmp)
-    kubeconfig = args.kubeconfig or tmp / "kubeconfig"
-    try:
+    with devcluster.kubeconfig_or_up(args.kubeconfig, work / "cluster") as kubeconfig:
         kubectl(kubeconfig, "apply", "-f", str(CRD))
         kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/kernelwarmups.kernelwarmup.dev")
         api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(str(kubeconfig)))
@@ -234,9 +229,6 @@ def main() -> int:
                 rows[label] = rollout(api, kubeconfig, f"bench-prewarm-{int(prewarm)}-{stamp}", args.replicas,
                                       prewarm, cold, warm)
             before, after = memory(api, kubeconfig, op, args.jobs)
-    finally:
-        if tmp is not None:
-            devcluster.down(tmp)
     print(f"\nwarmer (compile-only, vLLM's kernel, 2 variants): cold {cold:.2f}s, warm {warm:.2f}s")
     print(f"{'':18s} {'change -> all new Pods past init (s)':>38s} {'longest init phase (s)':>24s}")
     for label, (total, longest) in rows.items():

@@ -399,6 +399,20 @@ def _kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+@contextlib.contextmanager
+def kubeconfig_or_up(kubeconfig: "Path | None", folder: Path):
+    """The given cluster's kubeconfig, or (none given) a control plane of its own in
+    ``folder``, up for the ``with`` block and down after it (the benches' --kubeconfig)."""
+    if kubeconfig is not None:
+        yield kubeconfig
+        return
+    up(folder)
+    try:
+        yield folder / "kubeconfig"
+    finally:
+        down(folder)
+
+
 def down(d: Path, remove: bool = True) -> None:
     d = d.resolve()
     state = load_state(d)
