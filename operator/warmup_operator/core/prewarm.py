@@ -19,7 +19,7 @@ from warmup_operator.core import names
 from warmup_operator.core.inject import digest
 from warmup_operator.core.kernelwarmup import KernelWarmupSpec, PrewarmSpec, Requirement
 from warmup_operator.core.kinds import KINDS
-from warmup_operator.core.status import parse_summary, structured_summary
+from warmup_operator.core.status import parse_summary, structured_summary, warmer_termination
 from warmup_operator.core.targets import requirement_matches
 
 PREWARM_TIMEOUT_SLACK_S = 600  # scheduling and the image pull, on top of the warmer's own bound
@@ -294,11 +294,8 @@ def job_state(job: dict, now: datetime.datetime) -> JobState:
 
 def pod_summary(pod: dict) -> Optional[dict]:
     """The warmer's summary from a Job Pod's termination message (None: none there yet)."""
-    for st in (pod.get("status") or {}).get("containerStatuses") or []:
-        if st.get("name") == names.WARMER_CONTAINER:
-            term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
-            return parse_summary((term or {}).get("message") or "") if term else None
-    return None
+    term = warmer_termination(pod, "containerStatuses")
+    return parse_summary(term.get("message") or "") if term else None
 
 
 def pod_unschedulable(pod: dict) -> Optional[str]:

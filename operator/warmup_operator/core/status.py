@@ -74,27 +74,32 @@ def workload_of_pod(pod: dict) -> str:
     return ""
 
 
+def warmer_termination(pod: dict, statuses: str) -> Optional[dict]:
+    """The warmer container's last termination in the Pod's ``statuses`` list
+    (initContainerStatuses in a serving Pod, containerStatuses in a prewarm Job's): the one
+    reader of the warmer's end, for the status and the prewarm gate alike."""
+    for st in (pod.get("status") or {}).get(statuses) or []:
+        if st.get("name") == names.WARMER_CONTAINER:
+            return (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated") or None
+    return None
+
+
 def observe_pod(pod: dict) -> Optional[WarmupObservation]:
     """The warmer's latest finished run in this Pod, if any."""
     meta = pod.get("metadata") or {}
     ann = meta.get("annotations") or {}
     if names.ANN_INJECTED_BY not in ann:
         return None
-    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        if st.get("name") != names.WARMER_CONTAINER:
-            continue
-        term = (st.get("state") or {}).get("terminated") or (st.get("lastState") or {}).get("terminated")
-        if not term:
-            return None
-        msg = term.get("message") or ""
-        summary = parse_summary(msg)
-        return WarmupObservation(
-            namespace=meta.get("namespace", ""), pod=meta.get("name", ""), cr=ann[names.ANN_INJECTED_BY],
-            hash=ann.get(names.ANN_HASH, ""), workload=workload_of_pod(pod),
-            finished_at=term.get("finishedAt") or "", exit_code=int(term.get("exitCode") or 0),
-            summary=summary, owner=controller_of(pod), node=str((pod.get("spec") or {}).get("nodeName") or ""),
-        )
-    return None
+    term = warmer_termination(pod, "initContainerStatuses")
+    if not term:
+        return None
+    return WarmupObservation(
+        namespace=meta.get("namespace", ""), pod=meta.get("name", ""), cr=ann[names.ANN_INJECTED_BY],
+        hash=ann.get(names.ANN_HASH, ""), workload=workload_of_pod(pod),
+        finished_at=term.get("finishedAt") or "", exit_code=int(term.get("exitCode") or 0),
+        summary=parse_summary(term.get("message") or ""), owner=controller_of(pod),
+        node=str((pod.get("spec") or {}).get("nodeName") or ""),
+    )
 
 
 def controller_of(obj: dict) -> Optional[tuple[str, str, str]]:
