@@ -102,7 +102,7 @@ def main() -> dict:
     root = Path(tempfile.mkdtemp(prefix="kw-fi-bench-"))
     arch = llama_arch()
     ops, _ = plan_every_op(arch, 1, args.max_tokens, "none", None)
-    job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(root / "flashinfer"), tp=1, quant="none",
+    job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(root / "flashinfer"), tp=1,
                       tuning="rank0")
     t0 = time.monotonic()
     (outcome,) = run_local_workers(job, 1, total_timeout_s=1500)

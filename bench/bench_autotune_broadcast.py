@@ -182,12 +182,12 @@ class BenchJob:
         folder = Path(self.out_dir) / f"w{world.world_size}" / mode
         if mode == "every":
             path = folder / f"rank-{world.rank}.json"
-            rep = tune_ops(ops, path, tp=world.world_size, quant="none", arch_moe=arch.moe, device=device,
+            rep = tune_ops(ops, path, tp=world.world_size, arch_moe=arch.moe, device=device,
                            log=lambda s: None, bf16_backends=backends.get("bf16_gemm", BF16_BACKENDS))
             return {"tune_s": round(rep.seconds, 3), "path": str(path), "sha256": sha256_file(path),
                     "tuned": len(rep.tuned), "longest": max(rep.tuned, key=lambda t: t["seconds"], default=None)}
         job = AutotuneJob(ops=[o.to_dict() for o in ops], flashinfer_root=str(folder), tp=world.world_size,
-                          quant="none", moe=arch.moe, produce_timeout_s=1800,
+                          moe=arch.moe, produce_timeout_s=1800,
                           bf16_backends=backends.get("bf16_gemm", BF16_BACKENDS), tuning=mode, tag=f"{mode}/")
         res = job(world, rdv, device)
         longest = [s["longest"] for s in res.get("shares") or [] if s.get("longest")]

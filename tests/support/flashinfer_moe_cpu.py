@@ -108,7 +108,7 @@ def tune(root: Path, tp: int, ep: int, m_max: int) -> dict:
     path = root / current_env_key() / TUNE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     moe = types.SimpleNamespace(num_experts=EXPERTS, experts_per_token=TOP_K)
-    report = tune_ops([op], path, tp=tp * ep, quant="none", arch_moe=moe, device=torch.device("cpu"),
+    report = tune_ops([op], path, tp=tp * ep, arch_moe=moe, device=torch.device("cpu"),
                       log=lambda s: print(s, file=sys.stderr))
     doc = json.loads(path.read_text())
     return {"path": str(path), "tuned": len(report.tuned), "skipped": report.skipped,

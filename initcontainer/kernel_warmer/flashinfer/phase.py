@@ -41,7 +41,6 @@ class AutotuneJob:
     ops: list[dict[str, Any]]
     flashinfer_root: str  # <cache>/flashinfer
     tp: int
-    quant: str
     moe: Any = None
     produce_timeout_s: float = 1800.0
     bf16_backends: tuple[str, ...] = BF16_BACKENDS
@@ -82,7 +81,7 @@ class AutotuneJob:
                 existing = root / key / TUNE_FILE
                 if existing.is_file():  # start from the warm file: covered shapes are hits
                     path.write_bytes(existing.read_bytes())
-                rep = tune_ops(ops, path, tp=self.tp, quant=self.quant, arch_moe=self.moe, device=device,
+                rep = tune_ops(ops, path, tp=self.tp, arch_moe=self.moe, device=device,
                                log=lambda s: print(s, flush=True), bf16_backends=self.bf16_backends,
                                fp8_backends=self.fp8_backends)
                 report.update(tuned=rep.tuned, skipped=rep.skipped, tune_s=round(rep.seconds, 3),
@@ -192,9 +191,8 @@ def _tune_everywhere(spec: Any, arch: Any, plan: FlashInferPlan, workspace: Path
     from kernel_warmer.dist.workers import run_local_workers
 
     fi = spec.flashinfer
-    quant = arch.quantization if fi.quantization == "auto" else fi.quantization
     job = AutotuneJob(ops=[o.to_dict() for o in plan.ops], flashinfer_root=str(layout.flashinfer_root),
-                      tp=plan.world, quant=quant, moe=arch.moe, produce_timeout_s=float(spec.timeout_seconds),
+                      tp=plan.world, moe=arch.moe, produce_timeout_s=float(spec.timeout_seconds),
                       bf16_backends=VLLM_BF16_BACKENDS, fp8_backends=VLLM_FP8_BACKENDS, tuning=fi.tuning)
     before = jit.library_state(workspace)
     jit_report = prepare_jit(list(plan.ops), plan.sm, workspace, deadline - time.monotonic(), log, plan.calls)

@@ -247,7 +247,7 @@ def backends_by_op(bf16_backends: tuple[str, ...] = BF16_BACKENDS,
     return {"bf16_gemm": bf16_backends, "fp8_gemm": fp8_backends, "fp4_gemm": FP4_BACKENDS}
 
 
-def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, quant: str, arch_moe: Any,
+def tune_ops(ops: list[AutoTuneOp], cache_path: Path, *, tp: int, arch_moe: Any,
              device: Any, log: Callable[[str], None] = print,
              bf16_backends: tuple[str, ...] = BF16_BACKENDS,
              fp8_backends: tuple[str, ...] = FP8_BACKENDS) -> TuneReport:
