@@ -195,6 +195,16 @@ def test_values_reach_the_operator_flags(tools):
     assert parsed.metrics_port == 0 and parsed.verbose and parsed.bootstrap_image == "reg.local/warm:1"
     assert c["image"].endswith(":9.9.9") and "metrics" not in {p["name"] for p in c["ports"]}
     assert {"name": "KERNEL_WARMUP_RESYNC_SECONDS", "value": "30"} in c["env"]
+    assert parsed.policy.hostpath_allowed == ("/var/cache/kernel-warmup",)
+
+
+def test_an_empty_hostpath_list_allows_no_hostpath_cache(tools):
+    """values.yaml: 'Empty: no hostPath caches' (no flag rendered fell back to the default folder)."""
+    from warmup_operator.config import OperatorConfig
+    docs = render(tools, "--set-json", "cache.hostPathAllowed=[]")
+    c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {**POD_ENV, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}
+    assert OperatorConfig.from_args(c["args"], env).policy.hostpath_allowed == ()
 
 
 @pytest.mark.parametrize("values", [None, NAMESPACED_VALUES], ids=["cluster-scope", "namespaced"])
