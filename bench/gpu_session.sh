@@ -4,6 +4,8 @@
 # 0.7.2.post1 for the GPU suite), then, in the background: the server-start bench on the
 # Llama-3.1-8B shape, the whole GPU suite with FlashInfer 0.7.2.post1, the bench on a MoE shape.
 #
+# What the calls carry is built on the CPU side by bench/gpu_prepare.sh.
+#
 #   bash bench/gpu_session.sh piece DIR     copy a carried piece into /root/vxpieces
 #   bash bench/gpu_session.sh install       join, check, unpack, install (vLLM + serve wheels + FlashInfer 0.7.2.post1)
 #   bash bench/gpu_session.sh start         run the jobs under setsid (they outlive the call)
