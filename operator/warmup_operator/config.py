@@ -152,6 +152,9 @@ class OperatorConfig:
         problems = [p for p in map(python_entry_problem, policy.warmer_pythons) if p]
         if problems:
             parser.error(f"--allow-warmer-python {problems[0]}")
+        if min(args.prewarm_max_jobs, args.prewarm_max_jobs_per_namespace) < 0:  # from the env: not through _count
+            parser.error("--prewarm-max-jobs, --prewarm-max-jobs-per-namespace ($KERNEL_WARMUP_PREWARM_MAX_JOBS*): "
+                         "give 0 (no bound) or a positive count")
         leader = _leader_from_args(parser, args, base.leader)
         return replace(base, leader=leader, namespaces=tuple(args.namespace), kubeconfig=args.kubeconfig or base.kubeconfig,
                        liveness=args.liveness, metrics_port=args.metrics_port, bootstrap_image=args.bootstrap_image,

@@ -176,7 +176,7 @@ class Prewarmer:
             return None
         jobs = self.kube.list_jobs(d.namespace, names.LABEL_PREWARM_CR)
         return core.bounds_problem(self.bounds, planned, core.target_label(kind.kind, d.name), cr.name, jobs,
-                                   f"{kind.kind}/{d.name}")
+                                   f"{kind.kind}/{d.name}", _now())
 
     def _workload_pods(self, live: dict) -> list[dict]:
         match = ((live.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}

@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Hashable, Optional, TypeVar
 
+# Runs of one key in a row at most (the first and the nudges' reruns): a workload nudged
+# without pause cannot keep one handler thread for ever.
+MAX_RUNS = 20
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -45,14 +48,22 @@ class SingleFlight(Generic[A, R]):
             e.users += 1
         if wait:
             e.lock.acquire()
-        try:
-            result = self._timed(e, fn, arg)
-            while (again := self._next_or_release(key, e)) is not None:
-                result = self._timed(e, fn, again[0])
-            return result
-        except BaseException:
-            self._release(key, e)
-            raise
+        runs, error = 0, None
+        while True:
+            try:
+                result, error = self._timed(e, fn, arg), None
+            except Exception as exc:  # noqa: BLE001 - re-raised below; a nudge left meanwhile still runs first
+                result, error = None, exc
+            except BaseException:
+                self._release(key, e)
+                raise
+            runs += 1
+            again = self._next_or_release(key, e) if runs < MAX_RUNS else self._release(key, e)
+            if again is None:
+                if error is not None:
+                    raise error
+                return result
+            arg = again[0]
 
     def _timed(self, e: _Entry, fn: Callable[[A], R], arg: A) -> R:
         e.since = self._clock()
@@ -72,6 +83,8 @@ class SingleFlight(Generic[A, R]):
         return None
 
     def _release(self, key: Hashable, e: _Entry) -> None:
+        """Release the key, dropping a nudge's arguments (after MAX_RUNS: the next resync
+        brings the workload back)."""
         with self._guard:
             e.again = None
             self._drop(key, e)

@@ -313,9 +313,9 @@ def test_a_node_folder_is_one_cache_per_namespace(cluster, operator):
     apply(cluster, kernelwarmup("warm-l", NS, targets={"names": ["victim-l"]}, cache={"mountPath": "/cache-b", **cache}))
     wait_for("injected at its own path", lambda: names.ANN_HASH in (template_of(cluster, "victim-l", NS)["metadata"]
                                                                     .get("annotations") or {}))
-    assert _cache_volume(cluster, "srv", other_ns)["hostPath"] == {"path": f"{SHARED}/trust-other",
+    assert _cache_volume(cluster, "srv", other_ns)["hostPath"] == {"path": f"{SHARED}/namespaces/trust-other",
                                                                    "type": "DirectoryOrCreate"}
-    assert _cache_volume(cluster, "victim-l", NS)["hostPath"]["path"] == f"{SHARED}/{NS}"
+    assert _cache_volume(cluster, "victim-l", NS)["hostPath"]["path"] == f"{SHARED}/namespaces/{NS}"
     # One namespace's folder, two mount paths: refused, naming the path to use.
     before = victim(cluster, "victim-l2", opt_in="warm-l2")
     apply(cluster, kernelwarmup("warm-l2", NS, targets={"names": ["victim-l2"]}, cache={"mountPath": "/cache-c", **cache}))

@@ -182,3 +182,22 @@ def test_an_earlier_versions_injection_gives_way_once_its_inputs_change(change):
 def test_a_retired_env_name_is_the_operators():
     old = _as_an_earlier_version_injected(applied(deployment(), decide(DEPLOYMENT, deployment(), [cr()])))
     assert "env" not in uninject.user_view(old["spec"]["template"])["spec"]["containers"][0]
+
+
+def test_an_earlier_versions_injection_on_a_shared_folder_is_not_kept():
+    """The review of issue 25: an injection an earlier version made on the hostPath folder
+    every namespace shares must not be kept past the upgrade (its Pods would go on writing
+    into every tenant's folder): it is re-injected onto the namespace's own folder."""
+    hp = {"hostPath": {"path": "/var/cache/kernel-warmup"}}
+    kw = cr(cache=hp)
+    old = _as_an_earlier_version_injected(applied(deployment(), decide(DEPLOYMENT, deployment(), [kw])))
+    vols = old["spec"]["template"]["spec"]["volumes"]
+    cache_vol = next(v for v in vols if v["name"] == names.CACHE_VOLUME)
+    cache_vol["hostPath"] = {"path": "/var/cache/kernel-warmup"}  # as the earlier version mounted it
+    d = decide(DEPLOYMENT, old, [kw])
+    assert d.action == "inject"
+    new = next(v for v in d.body["spec"]["template"]["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
+    assert new["hostPath"]["path"] == "/var/cache/kernel-warmup/namespaces/ns"
+    # the same injection on the namespace's own folder is kept, as before
+    kept = _as_an_earlier_version_injected(applied(deployment(), decide(DEPLOYMENT, deployment(), [kw])))
+    assert decide(DEPLOYMENT, kept, [kw]).action == "none"

@@ -49,7 +49,8 @@ def test_valid_image_references_pass():
 
 
 
-@pytest.mark.parametrize("mount", ["/etc", "/etc/kw", "/usr/lib/python3/dist-packages", "/dev/shm/x", "/var",
+@pytest.mark.parametrize("mount", ["//usr", "/./etc", "//kernel-warmup", "/a/../usr/lib",
+                                   "/etc", "/etc/kw", "/usr/lib/python3/dist-packages", "/dev/shm/x", "/var",
                                    "/opt/venv/lib/python3.12/site-packages/kw", "/opt", "/root/.cache",
                                    "/app/.venv", "/srv/py/site-packages", "/usr/local/lib/kw", "/run/kw"])
 def test_a_cache_mount_that_hides_the_images_own_files_is_refused(mount):
@@ -57,7 +58,14 @@ def test_a_cache_mount_that_hides_the_images_own_files_is_refused(mount):
     packages or a model folder the image ships from the server (Ready would stay True)."""
     with pytest.raises(SpecInvalid) as ei:
         parse_spec(spec_doc(cache={"mountPath": mount}))
-    assert ei.value.field == "spec.cache.mountPath" and "would hide" in ei.value.message
+    assert ei.value.field == "spec.cache.mountPath" and ("would hide" in ei.value.message
+                                                        or "package folder" in ei.value.message)
+
+
+def test_a_mount_path_is_used_as_the_runtime_resolves_it():
+    """The review of issue 25's fix: "//usr" passed the checks (posixpath keeps a leading //),
+    and the container runtime mounts it on /usr."""
+    assert parse_spec(spec_doc(cache={"mountPath": "//cache//kw/./"})).cache.mount_path == "/cache/kw"
 
 
 @pytest.mark.parametrize("mount", ["/kernel-warmup-cache", "/cache", "/root/.cache/kernel-warmup", "/data/kw",

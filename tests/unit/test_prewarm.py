@@ -251,11 +251,13 @@ def test_a_kernelwarmup_name_over_63_characters_still_labels_its_jobs():
         assert job["metadata"]["labels"][names.LABEL_PREWARM_CR] == value
 
 
-def prewarm_job(cr, target, deleting=False):
-    meta = {"name": f"j-{cr}-{target}", "labels": {names.LABEL_PREWARM_CR: cr, names.LABEL_PREWARM_TARGET: target}}
+def prewarm_job(cr, target, deleting=False, finished=False):
+    meta = {"name": f"j-{cr}-{target}", "labels": {names.LABEL_PREWARM_CR: cr, names.LABEL_PREWARM_TARGET: target},
+            "creationTimestamp": "2026-11-27T11:59:00Z"}
     if deleting:
         meta["deletionTimestamp"] = "2026-11-27T12:00:00Z"
-    return {"metadata": meta}
+    status = {"conditions": [{"type": "Complete", "status": "True"}]} if finished else {}
+    return {"metadata": meta, "spec": {"activeDeadlineSeconds": 600}, "status": status}
 
 
 @pytest.mark.parametrize("planned, jobs, reason_scope", [
@@ -264,15 +266,17 @@ def prewarm_job(cr, target, deleting=False):
     (10, [prewarm_job("kw", "other")] * 55, "this KernelWarmup"),  # its other targets' Jobs count
     (10, [prewarm_job("kw", "t")] * 60, None),  # this target's old Jobs are superseded
     (10, [prewarm_job("kw", "other", deleting=True)] * 60, None),  # being deleted: gone
+    (10, [prewarm_job("kw", "other", finished=True)] * 60, None),  # finished (waiting for its TTL): no GPU held
     (10, [prewarm_job("kw2", "x")] * 119, "this namespace"),
     (10, [prewarm_job("kw2", "x")] * 118, None),
 ])
 def test_prewarm_jobs_are_bounded_per_kernelwarmup_and_namespace(planned, jobs, reason_scope):
     """Issue 25 item 3: one KernelWarmup over 150 GPU nodes made 150 Jobs per edit."""
-    problem = pw.bounds_problem(pw.JobBounds(64, 128), planned, "t", "kw", jobs, "Deployment/llm")
+    now = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.timezone.utc)
+    problem = pw.bounds_problem(pw.JobBounds(64, 128), planned, "t", "kw", jobs, "Deployment/llm", now)
     if reason_scope is None:
         assert problem is None
     else:
         assert problem.reason == "PrewarmTooManyJobs" and reason_scope in problem.message
         assert problem.field == "spec.prewarm.nodes" and "prewarm.maxJobsPer" in problem.message
-    assert pw.bounds_problem(pw.JobBounds(0, 0), 10_000, "t", "kw", jobs, "Deployment/llm") is None
+    assert pw.bounds_problem(pw.JobBounds(0, 0), 10_000, "t", "kw", jobs, "Deployment/llm", now) is None

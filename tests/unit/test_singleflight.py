@@ -146,3 +146,50 @@ def test_liveness_fails_while_a_reconcile_is_stuck(monkeypatch):
         handlers.controller_progress()
     ctl.running = 2.0
     assert handlers.controller_progress() == {"longestReconcileSeconds": 2.0}
+
+
+def test_a_failing_run_still_runs_the_nudge_left_meanwhile():
+    """The review of issue 25: the holder's exception dropped the queued nudge (its event lost
+    until the next resync)."""
+    flight: SingleFlight[str, str] = SingleFlight()
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def work(arg: str) -> str:
+        calls.append(arg)
+        if arg == "first":
+            started.set()
+            release.wait(5)
+            raise RuntimeError("api down")
+        return arg
+
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(_raised(lambda: flight.run("k", work, "first", wait=True))))
+    t.start()
+    assert started.wait(5)
+    assert flight.run("k", work, "nudge", wait=False) is None
+    release.set()
+    t.join(5)
+    assert calls == ["first", "nudge"] and errors == [None] and len(flight) == 0
+
+
+def _raised(fn):
+    try:
+        fn()
+    except RuntimeError as exc:
+        return exc
+    return None
+
+
+def test_reruns_are_capped():
+    from warmup_operator import singleflight
+
+    flight: SingleFlight[int, int] = SingleFlight()
+    runs = []
+
+    def work(arg: int) -> int:
+        runs.append(arg)
+        assert flight.run("k", work, arg + 1, wait=False) is None  # every run is nudged again
+        return arg
+
+    assert flight.run("k", work, 0, wait=True) == singleflight.MAX_RUNS - 1
+    assert len(runs) == singleflight.MAX_RUNS and len(flight) == 0

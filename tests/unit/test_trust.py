@@ -157,7 +157,7 @@ def test_hostpath_outside_the_allow_list_is_refused(path):
 def test_allowed_hostpath_is_mounted():
     d = decide(DEPLOYMENT, workload("kw"), [cr(cache={"hostPath": {"path": "/var/cache/kernel-warmup"}})])
     vol = next(v for v in d.body["spec"]["template"]["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
-    assert d.action == "inject" and vol["hostPath"]["path"] == "/var/cache/kernel-warmup/ns"  # its namespace's folder
+    assert d.action == "inject" and vol["hostPath"]["path"] == "/var/cache/kernel-warmup/namespaces/ns"  # its namespace's folder
     with pytest.raises(ValueError):
         check_hostpath({"hostPath": {"path": "/var/cache/kernel-warmup"}}, TrustPolicy(hostpath_allowed=()))
 
@@ -236,7 +236,7 @@ def test_a_cache_mounted_at_another_path_by_an_older_kernelwarmup_is_refused(oth
     assert (d.error is not None and d.error.reason == "CacheMountPathConflict") == refused
     if refused:
         assert "/cache-a" in str(d.error) and "ns/first" in str(d.error) and d.action == "none"
-        assert "hostPath /var/cache/kernel-warmup/ns" in str(d.error)
+        assert "hostPath /var/cache/kernel-warmup, namespace ns's folder" in str(d.error)
 
 
 def test_the_older_kernelwarmup_keeps_its_mount_path_and_a_same_path_peer_is_fine():
@@ -258,5 +258,15 @@ def test_a_node_folder_is_mounted_as_the_namespaces_own_sub_folder():
         obj["metadata"]["namespace"] = ns
         d = decide(DEPLOYMENT, obj, [cr])
         vol = next(v for v in d.body["spec"]["template"]["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
-        assert d.action == "inject" and vol["hostPath"] == {"path": f"/var/cache/kernel-warmup/{ns}",
+        assert d.action == "inject" and vol["hostPath"] == {"path": f"/var/cache/kernel-warmup/namespaces/{ns}",
                                                             "type": "DirectoryOrCreate"}
+
+
+def test_prewarm_bounds_from_flags_and_env_are_counts():
+    from warmup_operator.core.prewarm import JobBounds
+    assert OperatorConfig.from_args([], env={}).prewarm_bounds == JobBounds(64, 128)
+    assert OperatorConfig.from_args(["--prewarm-max-jobs", "0"], env={}).prewarm_bounds.per_kernelwarmup == 0
+    assert OperatorConfig.from_args([], env={"KERNEL_WARMUP_PREWARM_MAX_JOBS": "8"}).prewarm_bounds.per_kernelwarmup == 8
+    for argv, env in ((["--prewarm-max-jobs", "-1"], {}), ([], {"KERNEL_WARMUP_PREWARM_MAX_JOBS_PER_NAMESPACE": "-5"})):
+        with pytest.raises(SystemExit):
+            OperatorConfig.from_args(argv, env=env)

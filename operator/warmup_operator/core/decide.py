@@ -97,13 +97,16 @@ def inputs_digest(owner: CRRecord, tmpls: list) -> str:
                           "templates": [uninject.user_view(t) for _, t in tmpls]})
 
 
-def kept_injection(kind: WorkloadKind, obj: Any, tmpls: list, owner: str, inputs: str) -> Optional[tuple[dict, bool]]:
+def kept_injection(kind: WorkloadKind, obj: Any, tmpls: list, owner: str, inputs: str,
+                   cache: Mapping[str, Any]) -> Optional[tuple[dict, bool]]:
     """An injection an earlier operator version made from the same inputs is kept as it is
     (an operator upgrade rolls nothing out; the new injection comes with the workload's or
     the CR's next change): (the body that owns it, whether that body must be written once).
-    None: the live injection is not ours, not whole, or from other inputs."""
+    None: the live injection is not ours, not whole, from other inputs, or mounts another
+    cache than ``cache`` (the volume source this version mounts: a tenant's own folder is
+    never left on a folder every namespace shares)."""
     if not tmpls or not all(uninject.live_owner(t) == owner and uninject.live_hash(t)
-                            and uninject.injected_parts_present(t) for _, t in tmpls):
+                            and uninject.injected_parts_present(t) and _same_cache(t, cache) for _, t in tmpls):
         return None
     recorded = _recorded(obj)
     if recorded not in (None, inputs):
@@ -165,6 +168,9 @@ class _Checked:
     allowed: list
     bootstrap_image: str
 
+    def spec_of(self, owner: CRRecord) -> KernelWarmupSpec:
+        return next(s for cr, s in self.allowed if cr is owner)
+
     def decide(self, policy: trust.TrustPolicy, namespace_labels: Optional[Mapping[str, str]],
                peers: list[tuple[CRRecord, KernelWarmupSpec]]) -> Decision:
         owner, spec = self.allowed[0]
@@ -206,13 +212,25 @@ class _Checked:
             return Decision("none", **self.base, **found, hash=h,
                             body=apply_body(self.kind, name, namespace, merged, inputs),
                             record=_recorded(self.obj) != inputs)
-        kept = kept_injection(self.kind, self.obj, self.tmpls, owner.name, inputs)
+        kept = kept_injection(self.kind, self.obj, self.tmpls, owner.name, inputs, self.spec_of(owner).cache.volume())
         if kept is not None:
             live = [uninject.live_hash(t) for _, t in self.tmpls]
             return Decision("none", **self.base, **found, hash=inject.digest(live) if len(live) > 1 else live[0],
                             body=kept[0], record=kept[1])
         return Decision("inject", **self.base, **found, hash=h,
                         body=apply_body(self.kind, name, namespace, merged, inputs))
+
+
+def _same_cache(template: dict, cache: Mapping[str, Any]) -> bool:
+    """Whether the template's cache volume is ``cache`` (its kind and where it points; the
+    API server's defaults aside)."""
+    vols = ((template or {}).get("spec") or {}).get("volumes") or []
+    live = next((v for v in vols if v.get("name") == names.CACHE_VOLUME), {})
+    for key, fields in (("hostPath", ("path",)), ("persistentVolumeClaim", ("claimName",)),
+                        ("emptyDir", ("medium", "sizeLimit"))):
+        if key in cache:
+            return key in live and all((live[key] or {}).get(f) == (cache[key] or {}).get(f) for f in fields)
+    return False
 
 
 def _recorded(obj: Any) -> Optional[str]:

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 from kernel_warmer.errors import FieldError
 from kernel_warmer.spec import DEFAULT_CACHE_DIR, EngineWarmup, SpecError, WarmerSpec, camel
 from warmup_operator.core import names, quantity
+from warmup_operator.core.containers import norm_path
 from warmup_operator.core.kinds import KINDS as WORKLOAD_KINDS
 
 KINDS = tuple(WORKLOAD_KINDS)  # kind names, in the one list's order
@@ -53,6 +54,12 @@ class Targets:
     kinds: tuple[str, ...] = KINDS
 
 
+# The hostPath folder's sub-folder that holds one folder per namespace: never a name of the
+# cache's own layout (CacheLayout), so no namespace's folder is a cache every tenant wrote
+# before the folder was split (a namespace called "triton" or "vllm").
+DOMAINS_DIR = "namespaces"
+
+
 @dataclass(frozen=True)
 class CacheVolume:
     mount_path: str
@@ -69,7 +76,7 @@ class CacheVolume:
         hp = self.source.get("hostPath")
         if hp is None or not self.domain:
             return copy.deepcopy(dict(self.source))
-        return {"hostPath": {**copy.deepcopy(dict(hp)), "path": f"{hp['path']}/{self.domain}",
+        return {"hostPath": {**copy.deepcopy(dict(hp)), "path": f"{hp['path']}/{DOMAINS_DIR}/{self.domain}",
                              "type": "DirectoryOrCreate"}}
 
 
@@ -185,9 +192,14 @@ def shadowed_system_dir(mount: str) -> Optional[str]:
 def parse_cache(data: Any, domain: str = "") -> CacheVolume:
     where = "spec.cache"
     c = _obj(data, where)
-    mount = _str(c, "mountPath", where, DEFAULT_CACHE_DIR) or ""
-    if not mount.startswith("/") or mount == "/" or ":" in mount:
-        raise SpecInvalid(f"{where}.mountPath", f"must be an absolute path other than /, got {mount!r}")
+    written = _str(c, "mountPath", where, DEFAULT_CACHE_DIR) or ""
+    if not written.startswith("/") or ":" in written:
+        raise SpecInvalid(f"{where}.mountPath", f"must be an absolute path other than /, got {written!r}")
+    # As the container runtime resolves it ("//usr" and "/./usr" are /usr): every check below
+    # and everything mounted use this form.
+    mount = norm_path(written)
+    if mount == "/":
+        raise SpecInvalid(f"{where}.mountPath", f"must be an absolute path other than /, got {written!r}")
     if mount == names.PKG_MOUNT or mount.startswith(names.PKG_MOUNT + "/"):
         raise SpecInvalid(f"{where}.mountPath", f"must not be under {names.PKG_MOUNT} (the operator's package folder)")
     if (shadowed := shadowed_system_dir(mount)) is not None:
@@ -203,7 +215,7 @@ def parse_cache(data: Any, domain: str = "") -> CacheVolume:
     if kind == "persistentVolumeClaim" and not source.get("claimName"):
         raise SpecInvalid(f"{where}.persistentVolumeClaim.claimName", "is required")
     check_memory_medium({kind: source}, where)
-    return CacheVolume(mount.rstrip("/"), {kind: dict(source)}, domain)
+    return CacheVolume(mount, {kind: dict(source)}, domain)
 
 
 # The CRD's patterns, checked again here: a CR stored before a schema change (or applied

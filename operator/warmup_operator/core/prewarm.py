@@ -161,11 +161,13 @@ class JobBounds:
 
 
 def bounds_problem(bounds: JobBounds, planned: int, target_label_: str, cr_name: str, jobs: list[dict],
-                   target: str) -> Optional[Problem]:
+                   target: str, now: datetime.datetime) -> Optional[Problem]:
     """Whether ``planned`` new Jobs for one target exceed the bounds, counting the
-    namespace's live prewarm Jobs (``jobs``) of other targets (this target's are superseded)."""
+    namespace's running prewarm Jobs (``jobs``) of other targets (this target's are
+    superseded; a finished Job waits for its TTL but holds no GPU)."""
     live = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")
-            and ((j.get("metadata") or {}).get("labels") or {}).get(names.LABEL_PREWARM_TARGET) != target_label_]
+            and ((j.get("metadata") or {}).get("labels") or {}).get(names.LABEL_PREWARM_TARGET) != target_label_
+            and job_state(j, now).phase == "running"]
     mine = [j for j in live if (j["metadata"].get("labels") or {}).get(names.LABEL_PREWARM_CR) == cr_label(cr_name)]
     for count, bound, scope, value in ((len(mine) + planned, bounds.per_kernelwarmup, "this KernelWarmup",
                                         "prewarm.maxJobsPerKernelWarmup"),

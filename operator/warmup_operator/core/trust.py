@@ -158,7 +158,7 @@ def cache_key(namespace: str, source: Mapping[str, Any]) -> Optional[tuple[str, 
 
 
 def _described(key: tuple[str, ...]) -> str:
-    return f"hostPath {key[1]}/{key[2]}" if key[0] == "hostPath" else f"{key[0]} {key[-1]}"
+    return f"hostPath {key[1]}, namespace {key[2]}'s folder" if key[0] == "hostPath" else f"{key[0]} {key[-1]}"
 
 
 def check_cache_mount(cr: Any, spec: Any, peers: list[tuple[Any, Any]]) -> None:
