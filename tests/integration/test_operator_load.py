@@ -35,8 +35,22 @@ def api(cluster):
     cluster.kubectl_run("delete", "nodes", "-l", "pool=storm", "--wait=false", check=False)
 
 
-def test_a_prewarm_storm_does_not_stall_another_namespaces_injection(cluster, operator, api):
-    storm_ns, other_ns = namespace(cluster, "load-storm"), namespace(cluster, "load-other")
+@pytest.fixture
+def namespaces(cluster):
+    """The storm's two namespaces, deleted after the test, and waited for: 150 Jobs and
+    their Pods must not be left for the Job controller and the API server to chew on while
+    the next modules' tests run."""
+    made = [namespace(cluster, "load-storm"), namespace(cluster, "load-other")]
+    yield made
+    for ns in made:
+        cluster.kubectl_run("delete", "namespace", ns, "--wait=false", check=False)
+    wait_for("the storm's namespaces gone", lambda: not any(
+        cluster.kubectl_run("get", "namespace", ns, check=False).returncode == 0 for ns in made),
+        timeout_s=300, poll_s=2)
+
+
+def test_a_prewarm_storm_does_not_stall_another_namespaces_injection(cluster, operator, api, namespaces):
+    storm_ns, other_ns = namespaces
     result = storm.run(api, lambda name, ns: vllm_deployment(name, ns, labels={"warm": "yes"}), operator.healthy,
                        storm_ns=storm_ns, other_ns=other_ns, nodes=NODES)
     last = wait_for(f"{NODES} Jobs of the last edit", lambda: (n := storm.jobs_of_last_edit(api, storm_ns)) == NODES and n,
